@@ -1,0 +1,135 @@
+"""`ext5` / `t5x` command line: train | eval | infer, with t5x's flags.
+
+  t5x train --gin_file=local_tiny.gin --gin.MODEL_DIR="'/tmp/m'" --gin.TRAIN_STEPS=20
+  ext5 eval --gin_file=local_tiny.gin --gin_file=eval.gin --gin.CHECKPOINT_PATH="'/tmp/m'"
+
+Flags: --gin_file (repeatable; packaged files resolve by name), --gin_bindings (repeatable), --gin.NAME=VALUE,
+--gin_search_paths, --tfds_data_dir, --seqio_additional_cache_dirs, --module_import, and the multi-host
+flags --multiprocess_gpu, --coordinator_address, --process_count, --process_index.
+This module is thin on purpose: parse flags and gin, then call one importable function.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+COMMANDS = ("train", "eval", "infer")
+
+
+class UsageError(ValueError):
+    """Bad command-line input, reported as one line."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ext5", description="Extreme multi-task T5 (ExT5, T0) on JAX, t5x-style.")
+    p.add_argument("command", choices=COMMANDS, help="what to run")
+    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later wins)")
+    p.add_argument("--gin_bindings", action="append", default=[], help="gin binding 'NAME = VALUE' (repeatable)")
+    p.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated gin folders")
+    p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
+    p.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                   help="extra directories to look for seqio task caches")
+    p.add_argument("--module_import", action="append", default=[], help="module to import (registers tasks)")
+    p.add_argument("--multiprocess_gpu", action="store_true", help="initialise jax.distributed for multi-GPU hosts")
+    p.add_argument("--coordinator_address", default=None, help="host:port of process 0 (jax.distributed)")
+    p.add_argument("--process_count", type=int, default=None, help="number of processes (jax.distributed)")
+    p.add_argument("--process_index", type=int, default=None, help="this process's index (jax.distributed)")
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse flags; `--gin.X=V` becomes the binding `X = V`. Returns (args, all gin bindings in order)."""
+    from ext5 import config
+    rest, gin_flag_bindings = config.rewrite_gin_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(rest)
+    if unknown:
+        raise UsageError(f"unknown flag(s) {' '.join(unknown)}; see `ext5 {args.command} --help`")
+    return args, list(args.gin_bindings) + gin_flag_bindings
+
+
+def _setup(args: argparse.Namespace, bindings: list[str]) -> None:
+    from ext5 import config
+    from ext5.train import partitioning
+    partitioning.maybe_initialize_distributed(
+        multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
+        process_count=args.process_count, process_index=args.process_index)
+    if args.tfds_data_dir or args.seqio_additional_cache_dirs:
+        import seqio
+        if args.tfds_data_dir:
+            seqio.set_tfds_data_dir_override(args.tfds_data_dir)
+        if args.seqio_additional_cache_dirs:
+            seqio.add_global_cache_dirs(args.seqio_additional_cache_dirs)
+    for m in args.module_import:
+        importlib.import_module(m)
+    config.parse(args.gin_file, bindings, args.gin_search_paths)
+
+
+def run_train(args: argparse.Namespace, bindings: list[str]):
+    """Parse gin, validate the mixture, write MODEL_DIR/config.gin, and call the configured `trainer.train`."""
+    import gin
+    import jax
+    from ext5 import config
+    from ext5.train import trainer
+    _setup(args, bindings)
+    name = config.macro("MIXTURE_OR_TASK_NAME")
+    if name:
+        from ext5.data import pipeline
+        module = config.macro("MIXTURE_OR_TASK_MODULE")
+        if module:
+            importlib.import_module(module)
+        pipeline.check_registered(name)
+    model_dir = config.macro("MODEL_DIR")
+    if jax.process_index() == 0:
+        config.write_config(model_dir)
+    return gin.get_configurable(trainer.train)()
+
+
+def run_eval(args: argparse.Namespace, bindings: list[str]):
+    import gin
+    from ext5.eval import run as eval_run
+    _setup(args, bindings)
+    return gin.get_configurable(eval_run.evaluate)()
+
+
+def run_infer(args: argparse.Namespace, bindings: list[str]):
+    import gin
+    from ext5.eval import run as eval_run
+    _setup(args, bindings)
+    return gin.get_configurable(eval_run.infer)()
+
+
+def _one_line_errors() -> tuple[type[BaseException], ...]:
+    from ext5.config import ConfigError
+    from ext5.train.checkpoints import IncompatibleCheckpointError
+    from ext5.train.partitioning import PartitioningError
+    return (UsageError, ConfigError, IncompatibleCheckpointError, PartitioningError, _registry_error())
+
+
+def _registry_error() -> type[BaseException]:
+    try:
+        from ext5.data.pipeline import UnknownTaskError
+        return UnknownTaskError
+    except ImportError:  # the data pipeline (TensorFlow) is not installed
+        return UsageError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args, bindings = parse_args(argv)
+        {"train": run_train, "eval": run_eval, "infer": run_infer}[args.command](args, bindings)
+    except _one_line_errors() as e:
+        if os.environ.get("EXT5_TRACEBACK"):
+            raise
+        print(f"ext5: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

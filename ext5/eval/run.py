@@ -1,0 +1,94 @@
+"""`ext5 eval` and `ext5 infer`: load a checkpoint's parameters, then evaluate with seqio or write predictions."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+from ext5.model.configs import T5Config
+from ext5.train import partitioning
+
+
+def load_params(checkpoint_path: str, model: T5Config,
+                partition: partitioning.PartitionConfig = partitioning.PartitionConfig()) -> tuple[Any, int]:
+    """Parameters (sharded on this host's mesh) and step of MODEL_DIR's latest or a checkpoint_<step> dir."""
+    from ext5.train import checkpoints, optimizer, step as step_lib
+    directory, step = checkpoints.find_checkpoint_step(checkpoint_path)
+    ck = checkpoints.Checkpointer(directory, use_async=False)
+    step = step if step is not None else ck.latest_step()
+    if step is None:
+        raise checkpoints.IncompatibleCheckpointError(
+            f"{checkpoint_path} holds no checkpoint_<step> directory; pass MODEL_DIR of a training run")
+    mesh = partitioning.make_mesh(partition.num_partitions)
+    fns = step_lib.build(model, mesh, partition.rules(), optimizer.adafactor(), input_len=8, target_len=8)
+    restored, _ = ck.restore(step, fns.abstract_state.as_dict(), fns.param_shapes(), with_data=False)
+    ck.close()
+    return restored["params"], step
+
+
+def evaluate(*, model: T5Config, checkpoint_path: str, evaluator: Any, output_dir: str | None = None,
+             partition: partitioning.PartitionConfig = partitioning.PartitionConfig()) -> dict[str, float]:
+    """Evaluate one checkpoint with a SeqioEvaluator; prints a per-task table and writes JSON."""
+    params, step = load_params(checkpoint_path, model, partition)
+    evaluator.output_dir = output_dir or os.path.join(checkpoint_path, "eval")
+    scores = evaluator(params, step)
+    print(format_table(scores, step))
+    print(f"[ext5] wrote {os.path.join(evaluator.output_dir, f'metrics_step{step}.json')}")
+    return scores
+
+
+def format_table(scores: Mapping[str, float], step: int) -> str:
+    """A per-task metrics table: one row per task, one column per metric."""
+    by_task: dict[str, dict[str, float]] = {}
+    for k, v in scores.items():
+        task, _, metric = k.partition("/")
+        by_task.setdefault(task, {})[metric] = v
+    width = max([len(t) for t in by_task] + [4])
+    lines = [f"eval @ step {step}", f"{'task':<{width}}  metrics"]
+    for task in sorted(by_task):
+        ms = "  ".join(f"{m} {v:.2f}" for m, v in sorted(by_task[task].items()))
+        lines.append(f"{task:<{width}}  {ms}")
+    return "\n".join(lines)
+
+
+def infer(*, model: T5Config, checkpoint_path: str, mixture_or_task_name: str,
+          task_feature_lengths: Mapping[str, int], output_dir: str, split: str = "validation",
+          num_examples: int | None = None, batch_size: int = 32,
+          partition: partitioning.PartitionConfig = partitioning.PartitionConfig()) -> list[str]:
+    """Greedy-decode each task of a mixture and write t5x-style JSONL (`<task>-<step>.jsonl`)."""
+    import seqio
+    import ext5.tasks  # noqa: F401
+    from ext5.data import pipeline
+    from ext5.eval.evaluator import SeqioEvaluator
+    pipeline.check_registered(mixture_or_task_name)
+    params, step = load_params(checkpoint_path, model, partition)
+    ev = SeqioEvaluator(mixture_or_task_name, task_feature_lengths, model, split=split,
+                        num_examples=num_examples, batch_size=batch_size)
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for task in seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name)):
+        ds = task.get_dataset(dict(task_feature_lengths), split=split, shuffle=False)
+        if num_examples:
+            ds = ds.take(num_examples)
+        raw = list(ds.as_numpy_iterator())
+        conv = seqio.EncDecFeatureConverter(pack=False)(ds, dict(task_feature_lengths)).enumerate()
+        preds = dict(ev.predict_fn(params, conv))
+        vocab = task.output_features["targets"].vocabulary
+        path = os.path.join(output_dir, f"{task.name}-{step}.jsonl")
+        with open(path, "w", encoding="utf-8") as f:
+            for i, ex in enumerate(raw):
+                inputs = {k: _text(v) for k, v in ex.items() if k.endswith("_pretokenized")}
+                f.write(json.dumps({"inputs": inputs, "prediction": vocab.decode(preds[i])}) + "\n")
+        written.append(path)
+        print(f"[ext5] wrote {path} ({len(raw)} predictions)")
+    return written
+
+
+def _text(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v

@@ -1,0 +1,229 @@
+"""Train state, its sharded initialisation, and the pure train step (compiled once, state donated).
+
+The step returns metric *sums* plus denominators; the host normalises them (t5x/clu convention), so
+microbatching and data parallelism never change what a logged number means.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ext5.model import losses
+from ext5.model.configs import T5Config
+from ext5.model.t5 import Transformer
+from ext5.train import partitioning
+
+Batch = Mapping[str, jax.Array]
+
+# t5x's SpecialLossNormalizingFactor names.
+NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
+
+
+def model_inputs(batch: Batch) -> dict[str, Any]:
+    """The Transformer keyword arguments present in a (packed or unpacked) batch."""
+    keys = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")
+    return {k: batch[k] for k in keys if k in batch}
+
+
+def loss_weights_and_normalizer(batch: Batch, loss_normalizing_factor: float | str | None
+                                ) -> tuple[jax.Array, jax.Array]:
+    """Per-token loss weights and the divisor of the summed loss, as t5x's
+    `get_loss_normalizing_factor_and_weights` computes them, on the *whole* batch.
+
+    Computing both before microbatching is what makes gradient accumulation equal the full batch.
+    """
+    weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
+    if loss_normalizing_factor is None:
+        return weights, jnp.float32(1.0)
+    if isinstance(loss_normalizing_factor, (int, float)):
+        return weights, jnp.float32(loss_normalizing_factor)
+    if loss_normalizing_factor == NUM_REAL_TARGET_TOKENS:
+        return weights, jnp.maximum(jnp.sum(weights), 1.0)
+    if loss_normalizing_factor == AVERAGE_PER_SEQUENCE:
+        seg = batch.get("decoder_segment_ids")
+        if seg is None:
+            per_row = jnp.sum(weights, axis=-1, keepdims=True)
+            weights = weights / jnp.maximum(per_row, 1.0)
+        else:
+            # Each token's weight is 1 / (real tokens in its segment), so every sequence sums to 1.
+            same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+            counts = jnp.einsum("bqk,bk->bq", same.astype(jnp.float32), weights)
+            weights = jnp.where(weights > 0, weights / jnp.maximum(counts, 1.0), 0.0)
+        return weights, jnp.maximum(jnp.sum(weights), 1.0)
+    raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use None (sum), a number, "
+                     f"'{NUM_REAL_TARGET_TOKENS}' or '{AVERAGE_PER_SEQUENCE}'")
+
+
+@dataclasses.dataclass
+class StepFns:
+    """Everything compiled for one (model, mesh, optimizer): init and train step with fixed shardings."""
+
+    model: Transformer
+    mesh: Mesh
+    rules: list
+    state_shardings: TrainState
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the shardings (for restore)
+    init: Callable[[jax.Array], TrainState]
+    train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
+    batch_sharding: NamedSharding
+
+    def param_shapes(self) -> dict[str, list[int]]:
+        flat = flax.traverse_util.flatten_dict(self.abstract_state.params, sep="/")
+        return {k: list(v.shape) for k, v in flat.items()}
+
+
+def _dummy_batch(input_len: int, target_len: int) -> dict[str, jnp.ndarray]:
+    return {"encoder_input_tokens": jnp.ones((1, input_len), jnp.int32),
+            "decoder_input_tokens": jnp.ones((1, target_len), jnp.int32),
+            "decoder_target_tokens": jnp.ones((1, target_len), jnp.int32)}
+
+
+def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformation, *,
+          input_len: int, target_len: int, num_microbatches: int = 1, z_loss: float = 1e-4,
+          loss_normalizing_factor: float | str | None = None, dropout_seed: int = 0,
+          learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None) -> StepFns:
+    """Build the sharded init and train-step functions (ahead-of-time shardings, donated state)."""
+    model = Transformer(cfg)
+    dummy = _dummy_batch(input_len, target_len)
+    replicated = NamedSharding(mesh, P())
+
+    def init_variables(rng):
+        return model.init({"params": rng, "dropout": rng}, dummy["encoder_input_tokens"],
+                          dummy["decoder_input_tokens"], dummy["decoder_target_tokens"], enable_dropout=False)
+
+    with mesh, nn.logical_axis_rules(rules):
+        boxed = jax.eval_shape(init_variables, jax.random.PRNGKey(0))["params"]
+        logical_specs = nn.get_partition_spec(boxed)
+        params_sh = partitioning.logical_to_sharding(logical_specs, mesh, rules)
+        params_abs = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  nn.meta.unbox(boxed), params_sh)
+        partitioning.assert_params_sufficiently_sharded(params_sh, mesh, params_abs)
+        # Let GSPMD propagate parameter shardings into the optimizer state (factored rows/cols included).
+        opt_sh = jax.jit(tx.init).lower(params_abs).compile().output_shardings
+        # Leaves not derived from a parameter (step counters) come back on one device: replicate them.
+        opt_sh = jax.tree.map(
+            lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated, opt_sh)
+    state_sh = TrainState(step=replicated, params=params_sh, opt_state=opt_sh)
+    abstract_opt = jax.eval_shape(tx.init, params_abs)
+    abstract_state = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
+        params=params_abs,
+        opt_state=jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_opt, opt_sh))
+
+    def init(rng: jax.Array) -> TrainState:
+        params = nn.meta.unbox(init_variables(rng)["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+    base_rng = jax.random.PRNGKey(dropout_seed)
+    enable_dropout = cfg.dropout_rate > 0
+    data_sh = NamedSharding(mesh, P("data"))
+
+    def loss_and_aux(params, batch, weights, normalizer, rng):
+        logits = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+                             batch["decoder_target_tokens"], enable_dropout=enable_dropout,
+                             rngs={"dropout": rng}, **model_inputs(batch))
+        loss_sum, aux = losses.compute_loss(logits, batch["decoder_target_tokens"], weights, z_loss=z_loss,
+                                            loss_normalizing_factor=None)
+        aux = dict(aux)
+        return loss_sum / normalizer, aux
+
+    grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(base_rng, state.step)
+        weights, normalizer = loss_weights_and_normalizer(batch, loss_normalizing_factor)
+        batch = dict(batch)
+        # Plain counts for logging (accuracy per real token), independent of the loss weighting.
+        real = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
+        if num_microbatches <= 1:
+            (loss, aux), grads = grad_fn(state.params, batch, weights, normalizer, rng)
+        else:
+            def split(x):
+                # Strided split keeps every device's local rows spread over all microbatches (no reshuffle).
+                x = x.reshape((x.shape[0] // num_microbatches, num_microbatches) + x.shape[1:])
+                return jnp.swapaxes(x, 0, 1)
+            mbs = jax.tree.map(split, (batch, weights))
+
+            def body(i, carry):
+                g_acc, l_acc, a_acc = carry
+                mb, w = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x[i], data_sh), mbs)
+                (l, a), g = grad_fn(state.params, mb, w, normalizer, jax.random.fold_in(rng, i))
+                return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, jax.tree.map(jnp.add, a_acc, a))
+
+            zeros_g = jax.tree.map(jnp.zeros_like, state.params)
+            _, aux0 = jax.eval_shape(lambda: loss_and_aux(state.params, jax.tree.map(lambda x: x[0], mbs[0]),
+                                                          mbs[1][0], normalizer, rng))
+            zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
+            grads, loss, aux = jax.lax.fori_loop(0, num_microbatches, body, (zeros_g, jnp.float32(0.0), zeros_a))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "loss_sum": aux["loss_sum"], "z_loss_sum": aux["z_loss_sum"], "correct_sum": aux["correct_sum"],
+            "weight_sum": aux["weight_sum"], "num_sequences": aux["num_sequences"],
+            "nonpadding_tokens": jnp.sum(real) + jnp.sum((batch["encoder_input_tokens"] > 0).astype(jnp.float32)),
+            "grad_norm": optax.tree.norm(grads),
+        }
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    with mesh, nn.logical_axis_rules(rules):
+        init_jit = jax.jit(init, out_shardings=state_sh)
+        step_jit = jax.jit(train_step, in_shardings=(state_sh, data_sh), out_shardings=(state_sh, replicated),
+                           donate_argnums=(0,))
+
+    def init_fn(rng):
+        with mesh, nn.logical_axis_rules(rules):
+            return init_jit(rng)
+
+    def step_fn(state, batch):
+        with mesh, nn.logical_axis_rules(rules):
+            return step_jit(state, batch)
+
+    return StepFns(model=model, mesh=mesh, rules=rules, state_shardings=state_sh, abstract_state=abstract_state,
+                   init=init_fn, train_step=step_fn, batch_sharding=data_sh)
+
+
+def normalise_metrics(summed: Mapping[str, float], num_steps: int) -> dict[str, float]:
+    """Turn summed step metrics (over `num_steps` steps) into the numbers people read."""
+    w = max(float(summed.get("weight_sum", 0.0)), 1.0)
+    out = {
+        "loss": float(summed["loss"]) / num_steps,
+        "cross_ent_loss_per_token": float(summed["loss_sum"] - summed["z_loss_sum"]) / w,
+        "z_loss_per_token": float(summed["z_loss_sum"]) / w,
+        "accuracy": float(summed["correct_sum"]) / w,
+        "grad_norm": float(summed["grad_norm"]) / num_steps,
+    }
+    if "learning_rate" in summed:
+        out["learning_rate"] = float(summed["learning_rate"]) / num_steps
+    return out
+
+
+def host_metrics_sum(metrics_list: list[Mapping[str, jax.Array]]) -> dict[str, float]:
+    """Fetch a list of per-step device metrics once and sum them (one device->host transfer)."""
+    fetched = jax.device_get(metrics_list)
+    out: dict[str, float] = {}
+    for m in fetched:
+        for k, v in m.items():
+            out[k] = out.get(k, 0.0) + float(np.asarray(v))
+    return out

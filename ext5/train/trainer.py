@@ -1,0 +1,256 @@
+"""The training loop: `train(...)` is the one function the CLI (and gin) calls.
+
+data (host batches) -> global sharded batch -> compiled step -> metrics/progress -> checkpoints -> eval.
+Imports no TensorFlow: the seqio pipeline is imported only when a DatasetConfig is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from ext5.model import flops as flops_lib
+from ext5.model.configs import T5Config
+from ext5.train import checkpoints as ckpt_lib
+from ext5.train import metrics as metrics_lib
+from ext5.train import optimizer as optim
+from ext5.train import partitioning
+from ext5.train import step as step_lib
+
+Evaluator = Callable[[Any, int], Mapping[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """t5x's utils.DatasetConfig: which seqio mixture/task, at what lengths, and how to read it."""
+
+    mixture_or_task_name: str
+    task_feature_lengths: Mapping[str, int]
+    split: str = "train"
+    batch_size: int = 128
+    shuffle: bool = True
+    seed: int | None = 0
+    use_cached: bool = False
+    pack: bool = True
+    packer: str = "best_fit"
+    module: str | None = None  # imported first, to register user tasks (t5x's MIXTURE_OR_TASK_MODULE)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    period: int = 1000
+    keep: int | None = None
+    use_async: bool = True
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_dir: str
+    start_step: int
+    final_step: int
+    state: step_lib.TrainState
+    history: list[dict[str, float]]
+    eval_history: list[dict[str, float]]
+    preempted: bool = False
+
+
+def make_batch_source(cfg: DatasetConfig, shard_index: int, num_shards: int, host_batch_size: int) -> Iterator:
+    """This host's seqio batch iterator (imports the TF data pipeline lazily)."""
+    import importlib
+    if cfg.module:
+        importlib.import_module(cfg.module)
+    from ext5.data import pipeline  # noqa: WPS433 (TF lives behind this import)
+    return pipeline.HostBatchIterator(
+        cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), host_batch_size, split=cfg.split,
+        shuffle=cfg.shuffle, seed=cfg.seed if cfg.seed is not None else 0, shard_index=shard_index,
+        num_shards=num_shards, pack=cfg.pack, use_cached=cfg.use_cached)
+
+
+class _Preemption:
+    """SIGTERM (Cloud TPU preemption) sets a flag; the loop saves at the current step and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _lengths(train_dataset: DatasetConfig | None, batch_source: Any) -> tuple[int, int]:
+    if train_dataset is not None:
+        return int(train_dataset.task_feature_lengths["inputs"]), int(train_dataset.task_feature_lengths["targets"])
+    return int(batch_source.input_len), int(batch_source.target_len)
+
+
+def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int = 128,
+          train_dataset: DatasetConfig | None = None, batch_source: Any = None,
+          partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+          optimizer: Callable[..., Any] = optim.adafactor, learning_rate: Any = None,
+          num_microbatches: int = 1, z_loss: float = 1e-4, loss_normalizing_factor: float | str | None = None,
+          checkpoint: CheckpointConfig = CheckpointConfig(), log_period: int = 10, eval_period: int | None = None,
+          evaluator: Evaluator | None = None, random_seed: int = 0, initial_checkpoint_path: str | None = None,
+          plot: bool = True, stop_after_steps: int | None = None) -> TrainResult:
+    """Train `model` to `train_steps` total steps in `model_dir`, resuming from its latest checkpoint.
+
+    Either `train_dataset` (a seqio mixture/task) or `batch_source` (any iterator of host batches with
+    state()/restore()) provides data. `stop_after_steps` stops early (tests), saving a checkpoint.
+    """
+    if train_dataset is None and batch_source is None:
+        raise ValueError("train() needs train_dataset (a seqio mixture or task) or batch_source")
+    if train_dataset is not None and train_dataset.batch_size != batch_size:
+        batch_size = train_dataset.batch_size
+    mesh = partitioning.make_mesh(partition.num_partitions)
+    partitioning.check_batch_size(batch_size, mesh, num_microbatches)
+    rules = partition.rules()
+    is_chief = jax.process_index() == 0
+    input_len, target_len = _lengths(train_dataset, batch_source)
+
+    lr_fn = optim.learning_rate_fn(learning_rate)
+    tx = optimizer(learning_rate=lr_fn)
+    fns = step_lib.build(model, mesh, rules, tx, input_len=input_len, target_len=target_len,
+                         num_microbatches=num_microbatches, z_loss=z_loss,
+                         loss_normalizing_factor=loss_normalizing_factor, dropout_seed=random_seed,
+                         learning_rate_fn=lr_fn)
+    param_shapes = fns.param_shapes()
+    meta = ckpt_lib.model_meta(model, param_shapes,
+                               mixture_or_task_name=getattr(train_dataset, "mixture_or_task_name", None))
+
+    shard_index, num_shards = partitioning.host_shard_info()
+    host_bs = partitioning.host_batch_size(batch_size)
+    batches = batch_source if batch_source is not None else make_batch_source(
+        train_dataset, shard_index, num_shards, host_bs)
+
+    ckpt = ckpt_lib.Checkpointer(model_dir, period=checkpoint.period, keep=checkpoint.keep,
+                                 use_async=checkpoint.use_async)
+    abstract = fns.abstract_state.as_dict()
+    latest = ckpt.latest_step()
+    if latest is not None:
+        restored, data_state = ckpt.restore(latest, abstract, param_shapes)
+        state = step_lib.TrainState(**restored)
+        if data_state:
+            batches.restore(data_state)
+        print(f"[ext5] resumed from {ckpt.directory}/{ckpt_lib.STEP_PREFIX}_{latest}", flush=True)
+    elif initial_checkpoint_path:
+        state = _restore_initial(initial_checkpoint_path, abstract, param_shapes)
+        print(f"[ext5] initialised from {initial_checkpoint_path} (step {int(state.step)})", flush=True)
+    else:
+        state = fns.init(jax.random.PRNGKey(random_seed))
+    start_step = int(jax.device_get(state.step))
+
+    writer = metrics_lib.create_writer(model_dir, "train", is_chief=is_chief)
+    eval_writer = metrics_lib.create_writer(model_dir, "eval", is_chief=is_chief) if evaluator else None
+    flops_per_step = flops_lib.train_flops_per_step(model, batch_size, input_len, target_len)
+    peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind)
+    n_dev = jax.device_count()
+    if is_chief:
+        print(f"[ext5] {n_dev} devices, mesh {dict(mesh.shape)}, {_count(param_shapes) / 1e6:.2f}M params, "
+              f"batch {batch_size} x ({input_len}+{target_len}) tokens, "
+              f"{flops_per_step / 1e12:.3f} TFLOP/step, steps {start_step}->{train_steps}", flush=True)
+
+    history: list[dict[str, float]] = []
+    eval_history: list[dict[str, float]] = []
+    progress = metrics_lib.Progress(train_steps, start_step)
+    end_step = train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
+    pending: list[Mapping[str, jax.Array]] = []
+    t_last, steps_since = time.time(), 0
+    preempted = False
+    step = start_step
+    with _Preemption() as preemption:
+        while step < end_step:
+            host = next(batches)
+            state, m = fns.train_step(state, partitioning.make_global_batch(host, mesh, batch_size))
+            step += 1
+            pending.append(m)
+            steps_since += 1
+            if step == start_step + 1:
+                jax.block_until_ready(m)  # keep the compile out of the first throughput figure
+                t_last, steps_since, first = time.time(), 0, pending
+                pending = []
+                summed = step_lib.host_metrics_sum(first)
+                row = step_lib.normalise_metrics(summed, len(first))
+                history.append({"step": step, **row})
+                writer.write_scalars(step, row)
+            elif step % log_period == 0 or step == end_step:
+                summed = step_lib.host_metrics_sum(pending)
+                elapsed = max(time.time() - t_last, 1e-9)
+                row = step_lib.normalise_metrics(summed, len(pending))
+                row["steps_per_sec"] = steps_since / elapsed
+                row["tokens_per_sec"] = steps_since * batch_size * (input_len + target_len) / elapsed
+                row["nonpadding_tokens_per_sec"] = summed["nonpadding_tokens"] / elapsed
+                row["tflops_per_device"] = flops_per_step * steps_since / elapsed / n_dev / 1e12
+                if peak:
+                    row["mfu"] = row["tflops_per_device"] * 1e12 / peak
+                writer.write_scalars(step, row)
+                history.append({"step": step, **row})
+                if is_chief:
+                    progress.print(step, row)
+                pending, t_last, steps_since = [], time.time(), 0
+            if preemption.requested:
+                preempted = True
+                print(f"[ext5] SIGTERM: saving checkpoint at step {step} and exiting", flush=True)
+                break
+            ckpt.save(step, state.as_dict(), batches.state(), meta)
+            if evaluator is not None and eval_period and step % eval_period == 0:
+                eval_history.append(_run_eval(evaluator, state, step, eval_writer))
+    ckpt.wait()
+    if step not in ckpt.all_steps():
+        ckpt.save(step, state.as_dict(), batches.state(), meta, force=True)
+    ckpt.close()
+    if evaluator is not None and not preempted and step == train_steps and (
+            not eval_period or step % eval_period != 0) and step > start_step:
+        eval_history.append(_run_eval(evaluator, state, step, eval_writer))
+    writer.close()
+    if eval_writer:
+        eval_writer.close()
+    if plot and is_chief and os.path.exists(os.path.join(model_dir, "train", "metrics.jsonl")):
+        png = metrics_lib.plot_curves(os.path.join(model_dir, "train", "metrics.jsonl"),
+                                      os.path.join(model_dir, "loss_curve.png"),
+                                      eval_jsonl=os.path.join(model_dir, "eval", "metrics.jsonl"))
+        print(f"[ext5] wrote {png}", flush=True)
+    return TrainResult(model_dir=model_dir, start_step=start_step, final_step=step, state=state,
+                       history=history, eval_history=eval_history, preempted=preempted)
+
+
+def _run_eval(evaluator: Evaluator, state: step_lib.TrainState, step: int, writer) -> dict[str, float]:
+    t0 = time.time()
+    scores = dict(evaluator(state.params, step))
+    if writer is not None:
+        writer.write_scalars(step, scores)
+    if jax.process_index() == 0:
+        shown = ", ".join(f"{k} {v:.3g}" for k, v in sorted(scores.items()))
+        print(f"[ext5] eval @ step {step} ({time.time() - t0:.1f}s): {shown}", flush=True)
+    return {"step": step, **scores}
+
+
+def _restore_initial(path: str, abstract: dict[str, Any], param_shapes: dict) -> step_lib.TrainState:
+    """t5x's INITIAL_CHECKPOINT_PATH: the whole train state (step and optimizer too), not the data position."""
+    directory, step = ckpt_lib.find_checkpoint_step(path)
+    src = ckpt_lib.Checkpointer(directory, use_async=False)
+    step = step if step is not None else src.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path} holds no checkpoint_<step> directory")
+    restored, _ = src.restore(step, abstract, param_shapes, with_data=False)
+    src.close()
+    return step_lib.TrainState(**restored)
+
+
+def _count(param_shapes: Mapping[str, list[int]]) -> int:
+    return int(sum(np.prod(s) for s in param_shapes.values()))

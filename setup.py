@@ -1,0 +1,37 @@
+"""ext5: extreme multi-task T5 training (ExT5, T0) on JAX/Flax, speaking t5x's and seqio's language."""
+from setuptools import setup
+
+setup(
+    name="ext5",
+    version="0.1.0",
+    description="Extreme multi-task T5 training (ExT5 / T0) on JAX, Flax, optax, orbax and seqio",
+    python_requires=">=3.10",
+    # ext5.tasks lives in the top-level tasks/ folder and the gin files in gin/ (design card layout).
+    packages=["ext5", "ext5.data", "ext5.model", "ext5.train", "ext5.eval",
+              "ext5.tasks", "ext5.tasks.local", "ext5.gin"],
+    package_dir={"ext5": "ext5", "ext5.tasks": "tasks", "ext5.gin": "gin"},
+    package_data={"ext5.gin": ["*.gin", "models/*.gin", "runs/*.gin"],
+                  "ext5.tasks.local": ["data/*"]},
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.9",
+        "clu>=0.0.10",
+        "gin-config>=0.5",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "matplotlib>=3.7",
+        "tensorboard>=2.15",
+        # The data pipeline (not the model/trainer core) needs these.
+        "seqio>=0.0.18",
+        "tensorflow>=2.15",
+        "tensorflow-text>=2.15",
+        "tensorflow-datasets>=4.9",
+        "sentencepiece>=0.1.99",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "torch==2.13.0", "transformers>=4.40"],
+    },
+    entry_points={"console_scripts": ["ext5=ext5.cli:main", "t5x=ext5.cli:main"]},
+)
