@@ -24,7 +24,7 @@ class UsageError(ValueError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ext5", description="Extreme multi-task T5 (ExT5, T0) on JAX, t5x-style.")
+    p = argparse.ArgumentParser(prog="ext5", allow_abbrev=False, description="Extreme multi-task T5 (ExT5, T0) on JAX, t5x-style.")
     p.add_argument("command", choices=COMMANDS, help="what to run")
     p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later wins)")
     p.add_argument("--gin_bindings", action="append", default=[], help="gin binding 'NAME = VALUE' (repeatable)")
@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _one_line_errors() as e:
         if os.environ.get("EXT5_TRACEBACK"):
             raise
-        print(f"ext5: error: {e}", file=sys.stderr)
+        # gin appends "In call to configurable ..." lines; our messages are one line by construction.
+        print(f"ext5: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     return 0
 

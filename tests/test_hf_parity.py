@@ -6,8 +6,6 @@ import os
 
 # Tiny models: XLA's CPU backend optimisation costs more compile time than it saves at run time.
 # (Process-wide, and only effective if no test module initialised the JAX backend before.)
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

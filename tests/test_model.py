@@ -7,8 +7,6 @@ import os
 
 # Tiny models: XLA's CPU backend optimisation costs more compile time than it saves at run time.
 # (Process-wide, and only effective if no test module initialised the JAX backend before.)
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -224,7 +222,6 @@ def test_cached_greedy_matches_uncached(params, scan):
 
 def test_loss_normalisation_hand_computed():
     # Two packed sequences in row 0 (2 tokens + 1 token), one sequence of 3 tokens in row 1.
-    vocab = 4
     logits = jnp.log(jnp.array([
         [[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25], [0.1, 0.6, 0.2, 0.1], [0.4, 0.3, 0.2, 0.1]],
         [[0.5, 0.5, 0.0 + 1e-30, 0.0 + 1e-30], [0.1, 0.2, 0.3, 0.4], [0.2, 0.2, 0.2, 0.4],
@@ -261,7 +258,6 @@ def test_loss_normalisation_hand_computed():
     np.testing.assert_allclose(float(loss), total + 12.0, rtol=1e-5)
     with pytest.raises(ValueError):
         compute_loss(logits, targets, weights, loss_normalizing_factor="PER_BANANA")
-    del vocab
 
 
 def test_every_param_has_logical_axes():
@@ -343,3 +339,22 @@ def test_configs():
     with pytest.raises(ValueError):
         configs.T5Config(remat_policy="sometimes")
     assert hash(configs.T5Config(mlp_activations=["gelu", "linear"])) == hash(configs.T5Config())
+
+
+def test_forward_under_mesh_and_logical_rules(params, packed_case):
+    """Activation constraints resolve under a mesh + t5x-style rules and do not change the result."""
+    from jax.sharding import Mesh
+
+    _, packed = packed_case
+    rules = [("batch", "data"), ("length", None), ("vocab", "model"), ("embed", None), ("mlp", "model"),
+             ("heads", "model"), ("kv", None), ("joined_kv", "model"), ("relpos_buckets", None),
+             ("layers", None)]
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+    cfg = CFG.replace(scan_layers=True)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        shardings = nn.logical_to_mesh_sharding(
+            nn.get_partition_spec(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0)))),
+            mesh, rules)
+        p = jax.device_put(unscanned_to_scan(params), shardings)
+        out = jax.jit(lambda p: _forward(cfg, p, packed))(p)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(_apply(CFG, params, packed)), atol=1e-5)

@@ -1,0 +1,10 @@
+"""T5.1.1 model in t5x's language: configs, network, losses, decoding, FLOPs, HF conversion.
+
+Modules (import them directly; this package imports nothing heavy on its own):
+  configs   T5Config, SIZES, get_config
+  t5        Transformer, init_params, scan_to_unscanned, unscanned_to_scan
+  losses    compute_loss (cross entropy + z-loss, t5x normalisations)
+  decoding  greedy_decode (KV cache, lax.while_loop)
+  flops     forward_flops, train_flops_per_step, peak_flops_per_device
+  hf        to_hf_config, to_hf_state_dict, from_hf_state_dict, to_hf_model (torch imported lazily)
+"""

@@ -1,0 +1,92 @@
+"""The `ext5`/`t5x` command line: t5x flags, one-line errors, train -> resume -> eval from any directory."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ext5 import cli, config
+
+BIN = os.path.dirname(sys.executable)
+SMALL = ["--gin.TRAIN_STEPS=2", "--gin.EVAL_PERIOD=None", "--gin.trainer.train.evaluator=None",
+         "--gin.CHECKPOINT_PERIOD=2"]
+
+
+def test_gin_flags_are_rewritten_to_bindings():
+    rest, b = config.rewrite_gin_args([
+        "train", "--gin_file=local_tiny.gin", "--gin.MODEL_DIR='/tmp/m'", "--gin.TRAIN_STEPS=20",
+        "--gin.partitioning.PartitionConfig.num_partitions=2", "--gin.MODEL_DIR=/tmp/unquoted",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 8, 'targets': 4}", "--gin.LEARNING_RATE=1e-3"])
+    assert rest == ["train", "--gin_file=local_tiny.gin"]
+    assert b == ["MODEL_DIR = '/tmp/m'", "TRAIN_STEPS = 20", "partitioning.PartitionConfig.num_partitions = 2",
+                 "MODEL_DIR = '/tmp/unquoted'", "TASK_FEATURE_LENGTHS = {'inputs': 8, 'targets': 4}",
+                 "LEARNING_RATE = 1e-3"]
+    args, bindings = cli.parse_args(["eval", "--gin_file=a.gin", "--gin_file=b.gin", "--gin_bindings=X = 1",
+                                     "--gin.Y=2", "--tfds_data_dir=/data", "--process_count=2"])
+    assert args.command == "eval" and args.gin_file == ["a.gin", "b.gin"] and bindings == ["X = 1", "Y = 2"]
+    assert args.tfds_data_dir == "/data" and args.process_count == 2
+    with pytest.raises(cli.UsageError, match="unknown flag"):
+        cli.parse_args(["train", "--gin_fil=x.gin"])
+
+
+def test_packaged_gin_files_resolve_and_parse_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config.parse(["local_tiny.gin"], ["MODEL_DIR = '/tmp/x'"])
+    assert config.macro("MIXTURE_OR_TASK_NAME") == "local_default"
+    assert config.macro("TASK_FEATURE_LENGTHS") == {"inputs": 128, "targets": 32}
+    config.parse(["ext5_base.gin"], ["MODEL_DIR = 'gs://b/m'"])
+    assert config.macro("BATCH_SIZE") == 2048 and config.macro("MIXTURE_OR_TASK_NAME") == "ext5"
+    for size in ("tiny", "small", "base", "large", "xl", "xxl"):
+        config.parse([f"t5_1_1_{size}.gin", "pretrain.gin"],
+                     ["MODEL_DIR='/m'", "MIXTURE_OR_TASK_NAME='x'", "TASK_FEATURE_LENGTHS={}", "TRAIN_STEPS=1"])
+
+
+def _error(capsys, argv):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ext5: error: ") and "\n" not in err, err
+    return err
+
+
+def test_one_line_errors(capsys, tmp_path):
+    base = ["train", "--gin_file=local_tiny.gin", f"--gin.MODEL_DIR='{tmp_path / 'm'}'"] + SMALL
+    assert "mixture or task 'nope' is not registered" in _error(capsys, base + ["--gin.MIXTURE_OR_TASK_NAME='nope'"])
+    assert "mixture or task 'ext5' is not registered" in _error(
+        capsys, ["train", "--gin_file=ext5_base.gin", f"--gin.MODEL_DIR='{tmp_path / 'b'}'"])
+    bad = tmp_path / "bad.gin"
+    bad.write_text("include 'local_tiny.gin'\nTRAIN_STEPS = (\n")
+    assert "gin syntax error" in _error(capsys, ["train", f"--gin_file={bad}"])
+    assert "missing required gin macro MODEL_DIR" in _error(capsys, ["train", "--gin_file=local_tiny.gin"])
+    assert "not found" in _error(capsys, ["train", "--gin_file=nonexistent.gin"])
+    assert "not divisible by the data-parallel size 4" in _error(capsys, base + ["--gin.BATCH_SIZE=6"])
+    # A MODEL_DIR written by another model: an error, not a silent restore.
+    assert cli.main(base) == 0
+    assert (tmp_path / "m" / "config.gin").exists()
+    err = _error(capsys, base + ["--gin.configs.get_config.mlp_dim=512", "--gin.TRAIN_STEPS=4"])
+    assert "holds a different model" in err and "mlp" in err
+
+
+def _run(argv, cwd, timeout=400):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    p = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p.stdout
+
+
+def test_t5x_train_resume_then_eval_from_any_directory(tmp_path):
+    model_dir = tmp_path / "m"
+    common = [os.path.join(BIN, "t5x"), "train", "--gin_file=local_tiny.gin", f"--gin.MODEL_DIR='{model_dir}'",
+              "--gin.EVAL_PERIOD=None", "--gin.trainer.train.evaluator=None", "--gin.LOG_PERIOD=10"]
+    out = _run(common + ["--gin.TRAIN_STEPS=20"], cwd=tmp_path)
+    assert "step     20/20" in out
+    assert (model_dir / "config.gin").exists() and (model_dir / "checkpoint_20").is_dir()
+    assert "TRAIN_STEPS = 20" in (model_dir / "config.gin").read_text()
+    out = _run(common + ["--gin.TRAIN_STEPS=40"], cwd=tmp_path)
+    assert f"resumed from {model_dir}/checkpoint_20" in out and "steps 20->40" in out
+    assert (model_dir / "checkpoint_40").is_dir() and (model_dir / "loss_curve.png").exists()
+    out = _run([os.path.join(BIN, "ext5"), "eval", "--gin_file=local_tiny.gin", "--gin_file=eval.gin",
+                f"--gin.CHECKPOINT_PATH='{model_dir}'", "--gin.EVAL_NUM_EXAMPLES=16"], cwd=tmp_path)
+    assert "eval @ step 40" in out
+    for task in ("local_nli", "local_scan", "local_cbqa", "local_rc", "local_classify", "local_summarize"):
+        assert task in out
+    assert (model_dir / "eval" / "metrics_step40.json").exists()
