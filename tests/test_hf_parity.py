@@ -11,6 +11,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _util import random_params  # noqa: E402
 from flax import linen as nn  # noqa: E402
 
 from ext5.model import hf  # noqa: E402
@@ -30,12 +31,7 @@ CFG = get_config("tiny", vocab_size=300, emb_dim=64, num_heads=3, head_dim=16, m
 
 @pytest.fixture(scope="module")
 def params():
-    p = nn.meta.unbox(init_params(CFG, jax.random.PRNGKey(0)))
-    # Non-trivial norm scales (init is all ones) so swapped norms would show.
-    leaves, tree = jax.tree_util.tree_flatten(p)
-    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-    leaves = [x + 0.2 * jax.random.normal(k, x.shape) if x.ndim == 1 else x for x, k in zip(leaves, keys)]
-    return jax.tree_util.tree_unflatten(tree, leaves)
+    return random_params(CFG, 7, 0.2)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from _util import random_params  # noqa: E402
 from flax import linen as nn  # noqa: E402
 from jax.sharding import PartitionSpec  # noqa: E402
 
@@ -29,12 +30,7 @@ AXIS_NAMES = {"vocab", "embed", "mlp", "heads", "kv", "joined_kv", "relpos_bucke
 
 @pytest.fixture(scope="module")
 def params():
-    p = nn.meta.unbox(init_params(CFG, jax.random.PRNGKey(0)))
-    # Random (not ones) layer-norm scales so a mix-up between layers/norms cannot go unnoticed.
-    leaves, tree = jax.tree_util.tree_flatten(p)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    leaves = [x + 0.1 * jax.random.normal(k, x.shape) if x.ndim == 1 else x for x, k in zip(leaves, keys)]
-    return jax.tree_util.tree_unflatten(tree, leaves)
+    return random_params(CFG, 1, 0.1)
 
 
 def _forward(cfg, params, batch, rngs=None, enable_dropout=False):
