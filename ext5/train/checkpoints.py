@@ -7,7 +7,6 @@ MODEL_DIR holding a different model is an error that says so (t5x#1067), not a s
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -106,7 +105,3 @@ def find_checkpoint_step(path: str) -> tuple[str, int | None]:
     if base.startswith(STEP_PREFIX + "_") and base[len(STEP_PREFIX) + 1:].isdigit():
         return os.path.dirname(os.path.normpath(path)), int(base[len(STEP_PREFIX) + 1:])
     return path, None
-
-
-def log_restore(step: int, directory: str) -> None:
-    logging.info("restored step %d from %s", step, directory)

@@ -6,7 +6,6 @@ Imports no TensorFlow: the seqio pipeline is imported only when a DatasetConfig 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import signal
 import time
