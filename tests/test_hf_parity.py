@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
-
-# Tiny models: XLA's CPU backend optimisation costs more compile time than it saves at run time.
-# (Process-wide, and only effective if no test module initialised the JAX backend before.)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from _util import random_params  # noqa: E402
-from flax import linen as nn  # noqa: E402
 
 from ext5.model import hf  # noqa: E402
 from ext5.model.configs import get_config  # noqa: E402
 from ext5.model.losses import compute_loss  # noqa: E402
-from ext5.model.t5 import (Transformer, init_params, relative_position_bucket,  # noqa: E402
+from ext5.model.t5 import (Transformer, relative_position_bucket,  # noqa: E402
                            unscanned_to_scan)
 
 torch = pytest.importorskip("torch")

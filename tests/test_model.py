@@ -3,11 +3,6 @@ logical partitioning, FLOP counts."""
 
 from __future__ import annotations
 
-import os
-
-# Tiny models: XLA's CPU backend optimisation costs more compile time than it saves at run time.
-# (Process-wide, and only effective if no test module initialised the JAX backend before.)
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

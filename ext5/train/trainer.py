@@ -169,39 +169,41 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
     progress = metrics_lib.Progress(train_steps, start_step)
     end_step = train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
     pending: list[Mapping[str, jax.Array]] = []
-    t_last, steps_since = time.time(), 0
+    t_last = time.time()
     preempted = False
     step = start_step
+
+    def log_row(metrics: list[Mapping[str, jax.Array]], elapsed: float | None) -> dict[str, float]:
+        """Normalise summed step metrics, add throughput when the interval was timed, and record them."""
+        summed = step_lib.host_metrics_sum(metrics)
+        row = step_lib.normalise_metrics(summed, len(metrics))
+        if elapsed is not None:
+            elapsed = max(elapsed, 1e-9)
+            row["steps_per_sec"] = len(metrics) / elapsed
+            row["tokens_per_sec"] = len(metrics) * batch_size * (input_len + target_len) / elapsed
+            row["nonpadding_tokens_per_sec"] = summed["nonpadding_tokens"] / elapsed
+            row["tflops_per_device"] = flops_per_step * len(metrics) / elapsed / n_dev / 1e12
+            if peak:
+                row["mfu"] = row["tflops_per_device"] * 1e12 / peak
+        writer.write_scalars(step, row)
+        history.append({"step": step, **row})
+        return row
+
     with _Preemption() as preemption:
         while step < end_step:
             host = next(batches)
             state, m = fns.train_step(state, partitioning.make_global_batch(host, mesh, batch_size))
             step += 1
             pending.append(m)
-            steps_since += 1
             if step == start_step + 1:
-                jax.block_until_ready(m)  # keep the compile out of the first throughput figure
-                t_last, steps_since, first = time.time(), 0, pending
-                pending = []
-                summed = step_lib.host_metrics_sum(first)
-                row = step_lib.normalise_metrics(summed, len(first))
-                history.append({"step": step, **row})
-                writer.write_scalars(step, row)
+                jax.block_until_ready(m)  # the first step includes the compile: log it untimed
+                log_row(pending, None)
+                pending, t_last = [], time.time()
             elif step % log_period == 0 or step == end_step:
-                summed = step_lib.host_metrics_sum(pending)
-                elapsed = max(time.time() - t_last, 1e-9)
-                row = step_lib.normalise_metrics(summed, len(pending))
-                row["steps_per_sec"] = steps_since / elapsed
-                row["tokens_per_sec"] = steps_since * batch_size * (input_len + target_len) / elapsed
-                row["nonpadding_tokens_per_sec"] = summed["nonpadding_tokens"] / elapsed
-                row["tflops_per_device"] = flops_per_step * steps_since / elapsed / n_dev / 1e12
-                if peak:
-                    row["mfu"] = row["tflops_per_device"] * 1e12 / peak
-                writer.write_scalars(step, row)
-                history.append({"step": step, **row})
+                row = log_row(pending, time.time() - t_last)
                 if is_chief:
                     progress.print(step, row)
-                pending, t_last, steps_since = [], time.time(), 0
+                pending, t_last = [], time.time()
             if preemption.requested:
                 preempted = True
                 print(f"[ext5] SIGTERM: saving checkpoint at step {step} and exiting", flush=True)
