@@ -15,6 +15,8 @@ $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel "setuptools<82"
 	$(BIN)/pip install -q -e ".[test]"
+	# promptsource 0.2.3 is sdist-only and declares python<3.10; its templates work on 3.11 without its pins.
+	$(BIN)/pip install -q --no-deps --ignore-requires-python promptsource==0.2.3
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

@@ -7,7 +7,7 @@ setup(
     description="Extreme multi-task T5 training (ExT5 / T0) on JAX, Flax, optax, orbax and seqio",
     python_requires=">=3.10",
     # ext5.tasks lives in the top-level tasks/ folder and the gin files in gin/ (design card layout).
-    packages=["ext5", "ext5.data", "ext5.model", "ext5.train", "ext5.eval",
+    packages=["ext5", "ext5.commands", "ext5.data", "ext5.model", "ext5.train", "ext5.eval",
               "ext5.tasks", "ext5.tasks.local", "ext5.gin"],
     package_dir={"ext5": "ext5", "ext5.tasks": "tasks", "ext5.gin": "gin"},
     package_data={"ext5.gin": ["*.gin", "models/*.gin", "runs/*.gin"],
@@ -28,10 +28,22 @@ setup(
         "tensorflow>=2.15",
         "tensorflow-text>=2.15",
         "tensorflow-datasets>=4.9",
-        "sentencepiece>=0.1.99",
+        # 0.2.3 ships protobuf-7 generated code and Apache Beam needs protobuf<7; pinned exactly because
+        # tasks/local/make_vocab.py --check retrains the committed model byte for byte.
+        "sentencepiece==0.2.2",
+        # T0 prompts (promptsource itself is installed by the Makefile: its sdist pins ancient tools) and
+        # Hugging Face dataset sources.
+        "datasets>=2.14",
+        "jinja2>=3",
+        "pandas>=1.5",
+        "pyyaml>=6",
+        "setuptools<82",  # promptsource imports pkg_resources
     ],
     extras_require={
-        "test": ["pytest>=7", "torch==2.13.0", "transformers>=4.40"],
+        # Offline task caching (`ext5 cache`, seqio_cache_tasks) runs on Apache Beam.
+        "cache": ["apache-beam>=2.50"],
+        "test": ["pytest>=7", "torch==2.13.0", "transformers>=4.40", "apache-beam>=2.50",
+                 "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
     },
     entry_points={"console_scripts": ["ext5=ext5.cli:main", "t5x=ext5.cli:main"]},
 )

@@ -16,16 +16,17 @@ import os
 import sys
 from typing import Sequence
 
+from ext5.errors import UsageError
+
 COMMANDS = ("train", "eval", "infer")
-
-
-class UsageError(ValueError):
-    """Bad command-line input, reported as one line."""
+# Commands with their own flags: name -> module under ext5.commands exposing main(argv) -> int.
+SUBCOMMANDS = {"convert": "convert", "inspect": "inspect_cmd", "experiment": "experiment", "cache": "cache"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ext5", allow_abbrev=False, description="Extreme multi-task T5 (ExT5, T0) on JAX, t5x-style.")
-    p.add_argument("command", choices=COMMANDS, help="what to run")
+    p.add_argument("command", choices=COMMANDS + tuple(SUBCOMMANDS),
+                   help="what to run (convert|inspect|experiment|cache take their own flags: ext5 CMD --help)")
     p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later wins)")
     p.add_argument("--gin_bindings", action="append", default=[], help="gin binding 'NAME = VALUE' (repeatable)")
     p.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated gin folders")
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if argv and argv[0] in SUBCOMMANDS:
+            module = importlib.import_module(f"ext5.commands.{SUBCOMMANDS[argv[0]]}")
+            return int(module.main(argv[1:]) or 0)
         args, bindings = parse_args(argv)
         {"train": run_train, "eval": run_eval, "infer": run_infer}[args.command](args, bindings)
     except _one_line_errors() as e:

@@ -1,4 +1,5 @@
 """The `ext5`/`t5x` command line: t5x flags, one-line errors, train -> resume -> eval from any directory."""
+import json
 import os
 import subprocess
 import sys
@@ -89,4 +90,9 @@ def test_t5x_train_resume_then_eval_from_any_directory(tmp_path):
     assert "eval @ step 40" in out
     for task in ("local_nli", "local_scan", "local_cbqa", "local_rc", "local_classify", "local_summarize"):
         assert task in out
-    assert (model_dir / "eval" / "metrics_step40.json").exists()
+    metrics = json.loads((model_dir / "eval" / "metrics_step40.json").read_text())
+    # Rank classification over 3 choices: accuracy and macro F1 are real numbers in [0, 100].
+    for key in ("local_nli_score_eval/accuracy", "local_nli_score_eval/mean_3class_f1",
+                "local_classify_score_eval/accuracy"):
+        assert 0.0 <= metrics[key] <= 100.0, (key, metrics)
+    assert "local_nli_score_eval" in out

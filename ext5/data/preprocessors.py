@@ -22,7 +22,7 @@ _FIELD = re.compile(r"\{(\w+)\}")
 
 
 # ============================================================================ formatting
-def _render(template: str, ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
+def render_template(template: str, ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
     """Fills `{field}` slots of `template` with the example's string (or int) features."""
     parts = []
     for literal, field, _, _ in string.Formatter().parse(template):
@@ -63,7 +63,7 @@ def text_to_text(ex: Mapping[str, tf.Tensor], *, inputs_template: str, targets_t
     ex = dict(ex)
     if label_names is not None and label_field in ex and ex[label_field].dtype != tf.string:
         ex[label_field] = tf.gather(tf.constant(list(label_names)), ex[label_field])
-    out = {"inputs": _render(inputs_template, ex), "targets": _render(targets_template, ex)}
+    out = {"inputs": render_template(inputs_template, ex), "targets": render_template(targets_template, ex)}
     for k in passthrough:
         out[k] = ex[k]
     return out

@@ -55,9 +55,10 @@ def format_table(scores: Mapping[str, float], step: int) -> str:
 
 def infer(*, model: T5Config, checkpoint_path: str, mixture_or_task_name: str,
           task_feature_lengths: Mapping[str, int], output_dir: str, split: str = "validation",
-          num_examples: int | None = None, batch_size: int = 32,
+          num_examples: int | None = None, batch_size: int = 32, decode_method: str = "greedy",
           partition: partitioning.PartitionConfig = partitioning.PartitionConfig()) -> list[str]:
-    """Greedy-decode each task of a mixture and write t5x-style JSONL (`<task>-<step>.jsonl`)."""
+    """Write t5x-style JSONL (`<task>-<step>.jsonl`) per task: decoded `prediction`s, or for score-only tasks
+    (rank classification) each row's summed target log-likelihood as `score`."""
     import seqio
     import ext5.tasks  # noqa: F401
     from ext5.data import pipeline
@@ -65,7 +66,7 @@ def infer(*, model: T5Config, checkpoint_path: str, mixture_or_task_name: str,
     pipeline.check_registered(mixture_or_task_name)
     params, step = load_params(checkpoint_path, model, partition)
     ev = SeqioEvaluator(mixture_or_task_name, task_feature_lengths, model, split=split,
-                        num_examples=num_examples, batch_size=batch_size)
+                        num_examples=num_examples, batch_size=batch_size, decode_method=decode_method)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for task in seqio.get_subtasks(seqio.get_mixture_or_task(mixture_or_task_name)):
@@ -74,16 +75,26 @@ def infer(*, model: T5Config, checkpoint_path: str, mixture_or_task_name: str,
             ds = ds.take(num_examples)
         raw = list(ds.as_numpy_iterator())
         conv = seqio.EncDecFeatureConverter(pack=False)(ds, dict(task_feature_lengths)).enumerate()
-        preds = dict(ev.predict_fn(params, conv))
         vocab = task.output_features["targets"].vocabulary
+        scoring = bool(task.score_metric_fns) and not task.predict_metric_fns
         path = os.path.join(output_dir, f"{task.name}-{step}.jsonl")
         with open(path, "w", encoding="utf-8") as f:
-            for i, ex in enumerate(raw):
-                inputs = {k: _text(v) for k, v in ex.items() if k.endswith("_pretokenized")}
-                f.write(json.dumps({"inputs": inputs, "prediction": vocab.decode(preds[i])}) + "\n")
+            if scoring:
+                scores = dict(ev.score_fn(params, conv))
+                for i, ex in enumerate(raw):
+                    f.write(json.dumps({"inputs": _pretokenized(ex), "targets": vocab.decode(ex["targets"].tolist()),
+                                        "score": scores[i]}) + "\n")
+            else:
+                preds = dict(ev.predict_fn(params, conv))
+                for i, ex in enumerate(raw):
+                    f.write(json.dumps({"inputs": _pretokenized(ex), "prediction": vocab.decode(preds[i])}) + "\n")
         written.append(path)
-        print(f"[ext5] wrote {path} ({len(raw)} predictions)")
+        print(f"[ext5] wrote {path} ({len(raw)} {'scores' if scoring else 'predictions'})")
     return written
+
+
+def _pretokenized(ex: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _text(v) for k, v in ex.items() if k.endswith("_pretokenized")}
 
 
 def _text(v: Any) -> Any:

@@ -11,8 +11,13 @@ fixed seed, tokenized with the packaged SentencePiece model):
   local_classify         topic / sentiment text -> label word                 accuracy
   local_span_corruption  T5 span corruption on the local text corpus          (none)
 
-Mixture "local_default": all of them, examples-proportional.
-Each task is one row of LOCAL_TASKS: adding a text-to-text task is adding a row.
+Rank-classification twins (scored, never trained on; one row per answer choice):
+  local_nli_score_eval        premise/hypothesis, 3 choices                    accuracy, mean 3-class F1
+  local_classify_score_eval   topic/sentiment text, 6 choices                  accuracy
+
+Mixture "local_default": the training tasks, examples-proportional. Mixture "local_eval": the text-to-text
+tasks plus the score_eval twins (what `make demo` evaluates).
+Each task is one row of LOCAL_TASKS / LOCAL_SCORE_TASKS: adding a task is adding a row.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from ext5.data import metrics, preprocessors, registry
+from ext5.data import metrics, preprocessors, rank_classification, registry
 from ext5.data.vocab import get_vocabulary
 from ext5.tasks.local import generate
 
@@ -76,8 +81,26 @@ LOCAL_TASKS: dict[str, dict] = {
     "local_classify": dict(family="classify", inputs="{kind}: {text}", targets="{label}",
                            postprocess=metrics.postprocess_text, metrics=[metrics.accuracy]),
 }
+# One row per rank-classification task: family, input template, answer choices, label field, classes for F1.
+LOCAL_SCORE_TASKS: dict[str, dict] = {
+    "local_nli_score_eval": dict(family="nli", inputs=LOCAL_TASKS["local_nli"]["inputs"],
+                                 choices=tuple(generate.NLI_LABELS), label="label", num_classes=3),
+    "local_classify_score_eval": dict(family="classify", inputs=LOCAL_TASKS["local_classify"]["inputs"],
+                                      choices=tuple(generate.CLASSIFY_LABELS), label="label", num_classes=None),
+}
 SPAN_CORRUPTION_TASK = "local_span_corruption"
 TASK_NAMES = tuple(LOCAL_TASKS) + (SPAN_CORRUPTION_TASK,)
+EVAL_MIXTURE_NAME = "local_eval"
+
+
+def _rank_preprocessor(row: dict):
+    choices = tf.constant(list(row["choices"]))
+    return functools.partial(
+        rank_classification.rank_classification,
+        inputs_fn=lambda ex: preprocessors.render_template(row["inputs"], ex),
+        targets_fn=lambda ex: choices,
+        is_correct_fn=lambda ex: tf.equal(choices, ex[row["label"]]),
+        mode="eval")
 
 
 def register() -> None:
@@ -110,7 +133,18 @@ def register() -> None:
         ],
         output_features=features,
         metric_fns=[])
+    for name, row in LOCAL_SCORE_TASKS.items():
+        registry.add_task(
+            name, origin=_ORIGIN,
+            source=_source(row["family"]),
+            preprocessors=[_rank_preprocessor(row), seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+                           seqio.preprocessors.append_eos_after_trim],
+            output_features=features,
+            postprocess_fn=rank_classification.postprocess,
+            metric_fns=[rank_classification.metric_fn(num_classes=row["num_classes"])])
     registry.add_mixture(MIXTURE_NAME, list(TASK_NAMES), origin=_ORIGIN,
+                         default_rate=seqio.mixing_rate_num_examples)
+    registry.add_mixture(EVAL_MIXTURE_NAME, list(LOCAL_TASKS) + list(LOCAL_SCORE_TASKS), origin=_ORIGIN,
                          default_rate=seqio.mixing_rate_num_examples)
 
 

@@ -5,7 +5,8 @@
 
 T5 conventions: unigram model, pad=0, eos=1, unk=2, no bos; byte fallback so any text round-trips.
 The 100 sentinel ids are not in the model: seqio's SentencePieceVocabulary(extra_ids=100) appends
-them. Single-threaded training over the whole corpus in a fixed order keeps it byte-identical.
+them. Single-threaded training over the whole corpus in a fixed order keeps it byte-identical for one
+sentencepiece version (other versions train different models, hence the exact pin in setup.py).
 """
 from __future__ import annotations
 
