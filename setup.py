@@ -41,9 +41,10 @@ setup(
     ],
     extras_require={
         # Offline task caching (`ext5 cache`, seqio_cache_tasks) runs on Apache Beam.
-        "cache": ["apache-beam>=2.50"],
+        # google-crc32c: Beam's TFRecord writer needs a CRC-32C library.
+        "cache": ["apache-beam>=2.50", "google-crc32c>=1.5"],
         "test": ["pytest>=7", "torch==2.13.0", "transformers>=4.40", "apache-beam>=2.50",
-                 "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+                 "google-crc32c>=1.5", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
     },
     entry_points={"console_scripts": ["ext5=ext5.cli:main", "t5x=ext5.cli:main"]},
 )

@@ -83,6 +83,9 @@ def run_train(args: argparse.Namespace, bindings: list[str]):
         if module:
             importlib.import_module(module)
         pipeline.check_registered(name)
+        if config.macro("USE_CACHED_TASKS"):
+            from ext5.commands.cache import check_cached
+            check_cached(name)
     model_dir = config.macro("MODEL_DIR")
     if jax.process_index() == 0:
         config.write_config(model_dir)

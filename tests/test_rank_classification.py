@@ -90,3 +90,28 @@ def test_local_score_task_rows_and_postprocessing():
     post = rc.postprocess(None, example=rows[1], is_target=True)
     assert post[0] == (0, 1) and post[2] == 1.0 and post[3] == np.count_nonzero(rows[1]["targets"])
     assert rc.postprocess(-1.5, example=rows[1]) == -1.5
+
+
+def test_evaluator_scores_shared_encoder_rows_like_one_row_at_a_time():
+    from _util import random_params
+    from ext5.eval.evaluator import SeqioEvaluator
+    from ext5.model import configs, scoring
+    from ext5.model.t5 import Transformer
+    cfg = configs.get_config("tiny", vocab_size=1152, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
+                             num_encoder_layers=2, num_decoder_layers=2, dtype="float32")
+    params = random_params(cfg, 0, 0.1)
+    lengths = {"inputs": 64, "targets": 8}
+    ev = SeqioEvaluator("local_nli_score_eval", lengths, cfg, num_examples=12, batch_size=8, max_choices=3)
+    task = seqio.get_mixture_or_task("local_nli_score_eval")
+    ds = task.get_dataset(lengths, split="validation", shuffle=False).take(12)
+    conv = seqio.EncDecFeatureConverter(pack=False)(ds, lengths)
+    got = dict(ev.score_fn(params, conv.enumerate()))
+    rows = list(conv.as_numpy_iterator())
+    batch = {k: np.stack([r[k] for r in rows]) for k in
+             ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")}
+    want = scoring.score(Transformer(cfg), params, batch)
+    np.testing.assert_allclose([got[i] for i in range(12)], want, rtol=1e-5, atol=1e-4)
+    # The seqio metric path turns them into accuracy over the 4 examples.
+    metrics = ev(params, step=0)
+    assert set(metrics) == {"local_nli_score_eval/accuracy", "local_nli_score_eval/mean_3class_f1"}
+    assert metrics["local_nli_score_eval/accuracy"] in (0.0, 25.0, 50.0, 75.0, 100.0)

@@ -14,6 +14,10 @@ Parameter tree (unscanned), exactly t5x's names and layouts:
 With `scan_layers=True` the per-layer subtrees are stacked under `{encoder,decoder}/layers` with a leading
 'layers' axis; `scan_to_unscanned` / `unscanned_to_scan` convert between the two layouts.
 
+For inference, `Transformer.cross_attention_kv` computes every decoder layer's cross-attention keys and
+values once from the encoder output; `Transformer.decode(cross_kv=...)` reuses them (per decoding step,
+and shared by the answer choices or beams of one input; see MultiHeadDotProductAttention).
+
 Like t5x, attention kernels are stored 2-D (joined heads*kv, the layout of t5x and T5 checkpoints) and
 reshaped to [embed, heads, kv] at use; the query kernel's init carries the 1/sqrt(head_dim) factor, so
 attention logits are not rescaled.
@@ -182,6 +186,13 @@ class MultiHeadDotProductAttention(nn.Module):
     With `decode=True` the first call (no cache yet) creates zeroed `cached_key`/`cached_value`
     [batch, max_len, heads, kv] and `cache_index`; later calls take one query position, write its
     key/value at `cache_index` and attend over the cache (the caller's bias masks future slots).
+
+    `kv_only=True` returns just the (key, value) projections of `inputs_kv`; passing them back as
+    `kv=` skips the projections (cross-attention keys/values computed once per encoder output).
+    Precomputed keys/values may have a batch `kb` that divides the query batch `qb`: query rows
+    are then grouped example-major (row r uses key row r // (qb // kb)), which lets the answer
+    choices of one example, or the beams of one input, share one copy without repeating it. In
+    that grouped form `bias` must not depend on the query row ([kb or 1, h or 1, 1, k]).
     """
 
     num_heads: int
@@ -190,8 +201,9 @@ class MultiHeadDotProductAttention(nn.Module):
     dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, inputs_q: Array, inputs_kv: Array, bias: Array | None, *,
-                 deterministic: bool, decode: bool = False) -> Array:
+    def __call__(self, inputs_q: Array | None, inputs_kv: Array | None, bias: Array | None, *,
+                 deterministic: bool, decode: bool = False, kv: tuple[Array, Array] | None = None,
+                 kv_only: bool = False):
         projection = functools.partial(DenseGeneral, features=(self.num_heads, self.head_dim),
                                        kernel_axes=("embed", "joined_kv"), dtype=self.dtype)
         depth_scaling = jnp.sqrt(self.head_dim).astype(jnp.float32)
@@ -199,12 +211,20 @@ class MultiHeadDotProductAttention(nn.Module):
         def query_init(*args):  # 1/sqrt(d) folded into the init (t5x); no logit scaling below.
             return _attention_kernel_init(*args) / depth_scaling
 
+        if kv is None:
+            key = projection(kernel_init=_attention_kernel_init, name="key")(inputs_kv)
+            value = projection(kernel_init=_attention_kernel_init, name="value")(inputs_kv)
+            key = _constrain(key, ("batch", "length", "heads", "kv"))
+            value = _constrain(value, ("batch", "length", "heads", "kv"))
+            if kv_only:
+                return key, value
+        else:
+            if decode:
+                raise ValueError("precomputed keys/values are for cross-attention; decode=True caches "
+                                 "self-attention keys/values instead")
+            key, value = (jnp.asarray(t, self.dtype) for t in kv)
         query = projection(kernel_init=query_init, name="query")(inputs_q)
-        key = projection(kernel_init=_attention_kernel_init, name="key")(inputs_kv)
-        value = projection(kernel_init=_attention_kernel_init, name="value")(inputs_kv)
         query = _constrain(query, ("batch", "length", "heads", "kv"))
-        key = _constrain(key, ("batch", "length", "heads", "kv"))
-        value = _constrain(value, ("batch", "length", "heads", "kv"))
 
         if decode:
             is_initialized = self.has_variable("cache", "cached_key")
@@ -222,6 +242,16 @@ class MultiHeadDotProductAttention(nn.Module):
                 cached_key.value, cached_value.value = key, value
                 cache_index.value = idx + 1
 
+        q_batch, q_len = query.shape[:2]
+        group = q_batch // key.shape[0]
+        if group * key.shape[0] != q_batch:
+            raise ValueError(f"key/value batch {key.shape[0]} does not divide the query batch {q_batch}")
+        if group > 1:
+            # The `group` query rows of one key row become one longer query: same math as repeating
+            # the keys/values per row, without materialising the copies.
+            query = query.reshape((key.shape[0], group * q_len) + query.shape[2:])
+            if bias is not None and bias.shape[-2] != 1:
+                raise ValueError("grouped attention needs a bias that is constant over queries")
         # Logits and softmax in float32 (bf16 inputs, f32 accumulation and output).
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         if bias is not None:
@@ -234,6 +264,8 @@ class MultiHeadDotProductAttention(nn.Module):
             keep = jax.random.bernoulli(self.make_rng("dropout"), keep_prob, shape)
             weights = weights * (keep.astype(self.dtype) / jnp.asarray(keep_prob, self.dtype))
         x = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        if group > 1:
+            x = x.reshape((q_batch, q_len) + x.shape[2:])
         x = _constrain(x, ("batch", "length", "heads", "kv"))
         out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
                            kernel_init=_attention_kernel_init, kernel_axes=("joined_kv", "embed"),
@@ -294,17 +326,28 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm causal self-attention + cross-attention + MLP block."""
+    """Pre-norm causal self-attention + cross-attention + MLP block.
+
+    `cross_kv` = this layer's precomputed cross-attention (key, value) replaces the projections of
+    `encoded`. With `kv_only` the layer computes just those from `inputs` (= the encoder output) and
+    returns (inputs, (key, value)), the carry/output form `_apply_layers(collect=True)` expects.
+    """
 
     config: T5Config
     deterministic: bool = True
     decode: bool = False
     scan: bool = False
+    kv_only: bool = False
 
     @nn.compact
-    def __call__(self, inputs: Array, encoded: Array, self_bias: Array, cross_bias: Array):
+    def __call__(self, inputs: Array, encoded: Array | None = None, self_bias: Array | None = None,
+                 cross_bias: Array | None = None, cross_kv: tuple[Array, Array] | None = None):
         cfg, det = self.config, self.deterministic
         dtype = jnp.dtype(cfg.dtype)
+        cross_attention = MultiHeadDotProductAttention(cfg.num_heads, cfg.head_dim, dtype,
+                                                       cfg.dropout_rate, name="encoder_decoder_attention")
+        if self.kv_only:
+            return inputs, cross_attention(None, inputs, None, deterministic=True, kv_only=True)
         inputs = _constrain(inputs, ("batch", "length", "embed"))
         x = LayerNorm(dtype=dtype, name="pre_self_attention_layer_norm")(inputs)
         x = MultiHeadDotProductAttention(cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
@@ -313,9 +356,7 @@ class DecoderLayer(nn.Module):
         x = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(x, deterministic=det)
         x = x + inputs
         y = LayerNorm(dtype=dtype, name="pre_cross_attention_layer_norm")(x)
-        y = MultiHeadDotProductAttention(cfg.num_heads, cfg.head_dim, dtype, cfg.dropout_rate,
-                                         name="encoder_decoder_attention")(
-            y, encoded, cross_bias, deterministic=det)
+        y = cross_attention(y, encoded, cross_bias, deterministic=det, kv=cross_kv)
         y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=det)
         y = y + x
         z = LayerNorm(dtype=dtype, name="pre_mlp_layer_norm")(y)
@@ -327,10 +368,15 @@ class DecoderLayer(nn.Module):
 
 
 def _apply_layers(parent: nn.Module, layer_cls: type, num_layers: int, cfg: T5Config, carry: Array,
-                  broadcast_args: tuple, **layer_kw) -> Array:
-    """Run `num_layers` layers (optionally remat'ed and/or scanned); names layers_{i} or layers."""
+                  broadcast_args: tuple, per_layer_args: tuple = (), collect: bool = False, **layer_kw):
+    """Run `num_layers` layers (optionally remat'ed and/or scanned); names layers_{i} or layers.
+
+    `broadcast_args` go to every layer; each of `per_layer_args` is a pytree with a leading layer
+    axis, sliced per layer. With `collect` the layers return (carry, out) and this returns the outs
+    stacked along a leading layer axis instead of the carry.
+    """
     policy = _remat_policy(cfg.remat_policy)
-    if cfg.remat_policy != "none":
+    if cfg.remat_policy != "none" and not collect:
         # prevent_cse is unnecessary (and slower) inside scan, whose loop already blocks CSE.
         layer_cls = nn.remat(layer_cls, policy=policy, prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
@@ -338,15 +384,23 @@ def _apply_layers(parent: nn.Module, layer_cls: type, num_layers: int, cfg: T5Co
             layer_cls,
             variable_axes={"params": 0, "cache": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(broadcast_args),
+            in_axes=(nn.broadcast,) * len(broadcast_args) + (0,) * len(per_layer_args),
             length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        carry, _ = stack(config=cfg, scan=True, name="layers", parent=parent, **layer_kw)(
-            carry, *broadcast_args)
-        return carry
+        carry, outs = stack(config=cfg, scan=True, name="layers", parent=parent, **layer_kw)(
+            carry, *broadcast_args, *per_layer_args)
+        return outs if collect else carry
+    outs = []
     for i in range(num_layers):
-        carry = layer_cls(config=cfg, name=f"layers_{i}", parent=parent, **layer_kw)(carry, *broadcast_args)
+        sliced = jax.tree_util.tree_map(lambda x, i=i: x[i], per_layer_args)
+        carry = layer_cls(config=cfg, name=f"layers_{i}", parent=parent, **layer_kw)(
+            carry, *broadcast_args, *sliced)
+        if collect:
+            carry, out = carry
+            outs.append(out)
+    if collect:
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
     return carry
 
 
@@ -389,15 +443,29 @@ class Decoder(nn.Module):
     shared_embedding: nn.Module
 
     @nn.compact
-    def __call__(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
-                 decoder_target_tokens: Array | None = None, encoder_segment_ids: Array | None = None,
-                 decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None, *,
-                 deterministic: bool = True, decode: bool = False,
-                 max_decode_length: int | None = None) -> Array:
+    def __call__(self, encoded: Array, encoder_input_tokens: Array | None,
+                 decoder_input_tokens: Array | None, decoder_target_tokens: Array | None = None,
+                 encoder_segment_ids: Array | None = None, decoder_segment_ids: Array | None = None,
+                 decoder_positions: Array | None = None, *, deterministic: bool = True,
+                 decode: bool = False, max_decode_length: int | None = None,
+                 cross_kv: tuple[Array, Array] | None = None, kv_only: bool = False):
         cfg = self.config
         dtype = jnp.dtype(cfg.dtype)
+        if kv_only:
+            keys, values = _apply_layers(self, DecoderLayer, cfg.num_decoder_layers, cfg,
+                                         encoded.astype(dtype), (), collect=True, kv_only=True)
+            axes = ("layers", "batch", "length", "heads", "kv")
+            return _constrain(keys, axes), _constrain(values, axes)
         batch, length = decoder_input_tokens.shape
         enc_valid = encoder_input_tokens > 0
+        # Precomputed cross keys/values with fewer rows than the decoder batch are shared by groups
+        # of consecutive decoder rows (answer choices, beams); see MultiHeadDotProductAttention.
+        grouped = cross_kv is not None and cross_kv[0].shape[1] != batch
+        if cross_kv is not None and cross_kv[0].shape[1] != encoder_input_tokens.shape[0]:
+            raise ValueError(f"cross_kv batch {cross_kv[0].shape[1]} != encoder_input_tokens batch "
+                             f"{encoder_input_tokens.shape[0]}")
+        if grouped and (encoder_segment_ids is not None or decoder_segment_ids is not None):
+            raise ValueError("shared cross-attention keys/values do not support packed inputs")
         relpos = RelativePositionBiases(cfg.relative_attention_num_buckets,
                                         cfg.relative_attention_max_distance, cfg.num_heads,
                                         name="relpos_bias")
@@ -432,17 +500,27 @@ class Decoder(nn.Module):
                 mask &= decoder_segment_ids[:, :, None] == decoder_segment_ids[:, None, :]
             pos = decoder_positions if decoder_positions is not None else ar[None]
             self_bias = relpos(pos, pos, False) + _mask_to_bias(mask)[:, None]
-            cross = dec_valid[:, :, None] & enc_valid[:, None, :]
-            if encoder_segment_ids is not None and decoder_segment_ids is not None:
-                cross &= decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
-            cross_bias = _mask_to_bias(cross)[:, None]
+            if grouped:
+                # Padded query rows then attend to the real inputs instead of nothing: they are
+                # never read by real positions (causal mask) nor scored, so outputs are unchanged.
+                cross_bias = _mask_to_bias(enc_valid)[:, None, None, :]
+            else:
+                cross = dec_valid[:, :, None] & enc_valid[:, None, :]
+                if encoder_segment_ids is not None and decoder_segment_ids is not None:
+                    cross &= decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
+                cross_bias = _mask_to_bias(cross)[:, None]
 
         y = self.shared_embedding(decoder_input_tokens)
         y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         y = y.astype(dtype)
-        y = _apply_layers(self, DecoderLayer, cfg.num_decoder_layers, cfg, y,
-                          (encoded.astype(dtype), self_bias, cross_bias),
-                          deterministic=deterministic, decode=decode)
+        if cross_kv is None:
+            y = _apply_layers(self, DecoderLayer, cfg.num_decoder_layers, cfg, y,
+                              (encoded.astype(dtype), self_bias, cross_bias),
+                              deterministic=deterministic, decode=decode)
+        else:
+            y = _apply_layers(self, DecoderLayer, cfg.num_decoder_layers, cfg, y,
+                              (None, self_bias, cross_bias), (tuple(cross_kv),),
+                              deterministic=deterministic, decode=decode)
         y = LayerNorm(dtype=dtype, name="decoder_norm")(y)
         y = nn.Dropout(rate=cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
         if cfg.logits_via_embedding:
@@ -471,16 +549,26 @@ class Transformer(nn.Module):
         return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
                             deterministic=not enable_dropout)
 
-    def decode(self, encoded: Array, encoder_input_tokens: Array, decoder_input_tokens: Array,
+    def decode(self, encoded: Array | None, encoder_input_tokens: Array, decoder_input_tokens: Array,
                decoder_target_tokens: Array | None = None, *, encoder_segment_ids: Array | None = None,
                decoder_segment_ids: Array | None = None, decoder_positions: Array | None = None,
                enable_dropout: bool = True, decode: bool = False,
-               max_decode_length: int | None = None) -> Array:
-        """Run the decoder stack on `encoded` (encoder tokens are only used for masks)."""
+               max_decode_length: int | None = None,
+               cross_kv: tuple[Array, Array] | None = None) -> Array:
+        """Run the decoder stack on `encoded` (encoder tokens are only used for masks).
+
+        `cross_kv` (from `cross_attention_kv`) replaces `encoded` (which may then be None); its batch
+        may divide the decoder batch, each encoder row serving that many consecutive decoder rows.
+        """
         return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                             encoder_segment_ids, decoder_segment_ids, decoder_positions,
                             deterministic=not enable_dropout, decode=decode,
-                            max_decode_length=max_decode_length)
+                            max_decode_length=max_decode_length, cross_kv=cross_kv)
+
+    def cross_attention_kv(self, encoded: Array) -> tuple[Array, Array]:
+        """Every decoder layer's cross-attention (keys, values), each [layers, batch, input_len,
+        heads, head_dim], computed once from the encoder output for reuse by `decode(cross_kv=...)`."""
+        return self.decoder(encoded, None, None, kv_only=True)
 
     def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                  decoder_target_tokens: Array | None = None, *, encoder_segment_ids: Array | None = None,
