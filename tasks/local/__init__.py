@@ -108,7 +108,7 @@ def register() -> None:
     features = output_features()
     for name, row in LOCAL_TASKS.items():
         registry.add_task(
-            name, origin=_ORIGIN,
+            name, origin=_ORIGIN, family=row["family"],
             source=_source(row["family"]),
             preprocessors=[
                 functools.partial(preprocessors.text_to_text, inputs_template=row["inputs"],
@@ -122,7 +122,7 @@ def register() -> None:
             postprocess_fn=row["postprocess"],
             metric_fns=row["metrics"])
     registry.add_task(
-        SPAN_CORRUPTION_TASK, origin=_ORIGIN,
+        SPAN_CORRUPTION_TASK, origin=_ORIGIN, family="span_corruption",
         source=_source("span_corruption"),
         preprocessors=[
             functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
@@ -135,7 +135,7 @@ def register() -> None:
         metric_fns=[])
     for name, row in LOCAL_SCORE_TASKS.items():
         registry.add_task(
-            name, origin=_ORIGIN,
+            name, origin=_ORIGIN, family=row["family"],
             source=_source(row["family"]),
             preprocessors=[_rank_preprocessor(row), seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                            seqio.preprocessors.append_eos_after_trim],
