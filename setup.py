@@ -22,6 +22,7 @@ setup(
         "gin-config>=0.5",
         "numpy>=1.26",
         "safetensors>=0.4",
+        "tensorstore>=0.1.40",  # t5x checkpoint import
         "matplotlib>=3.7",
         "tensorboard>=2.15",
         # The data pipeline (not the model/trainer core) needs these.
