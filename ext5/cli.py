@@ -108,17 +108,11 @@ def run_infer(args: argparse.Namespace, bindings: list[str]):
 
 def _one_line_errors() -> tuple[type[BaseException], ...]:
     from ext5.config import ConfigError
-    from ext5.train.checkpoints import IncompatibleCheckpointError
+    from ext5.errors import UnknownTaskError
+    from ext5.train.checkpoints import IncompatibleCheckpointError, NoReadableCheckpointError
     from ext5.train.partitioning import PartitioningError
-    return (UsageError, ConfigError, IncompatibleCheckpointError, PartitioningError, _registry_error())
-
-
-def _registry_error() -> type[BaseException]:
-    try:
-        from ext5.data.pipeline import UnknownTaskError
-        return UnknownTaskError
-    except ImportError:  # the data pipeline (TensorFlow) is not installed
-        return UsageError
+    return (UsageError, ConfigError, IncompatibleCheckpointError, NoReadableCheckpointError, PartitioningError,
+            UnknownTaskError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(module.main(argv[1:]) or 0)
         args, bindings = parse_args(argv)
         {"train": run_train, "eval": run_eval, "infer": run_infer}[args.command](args, bindings)
-    except _one_line_errors() as e:
-        if os.environ.get("EXT5_TRACEBACK"):
+    except Exception as e:  # noqa: BLE001  (classified lazily: the error types import TensorFlow)
+        if os.environ.get("EXT5_TRACEBACK") or not isinstance(e, _one_line_errors()):
             raise
         # gin appends "In call to configurable ..." lines; our messages are one line by construction.
         print(f"ext5: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)

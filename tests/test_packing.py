@@ -164,3 +164,81 @@ def test_batch_rows_pads_last_batch():
     pad_rows = len(batches) * 8 - len(rows)
     if pad_rows:
         assert (batches[-1]["decoder_loss_weights"][-pad_rows:] == 0).all()
+
+
+# ------------------------------------------------------------------ seqio drop-in, state, ratio
+def _tf_ds(examples: list[dict]):
+    return tf.data.Dataset.from_generator(
+        lambda: iter(examples), output_signature={"inputs": tf.TensorSpec([None], tf.int32),
+                                                  "targets": tf.TensorSpec([None], tf.int32)})
+
+
+def test_best_fit_feature_converter_is_seqios_converter_with_our_rows():
+    # Trimmed already: seqio's converter rejects examples longer than the task lengths.
+    exs = [{"inputs": e["inputs"][:64], "targets": e["targets"][:16]} for e in _random_examples(200, seed=8)]
+    conv = packing.BestFitEncDecFeatureConverter(pack=True, pack_window=64)
+    assert isinstance(conv, seqio.EncDecFeatureConverter)
+    got = list(conv(_tf_ds(exs), LENGTHS).as_numpy_iterator())
+    want = list(packing.pack(exs, LENGTHS, window=64))
+    assert len(got) == len(want)
+    assert set(got[0]) == set(_seqio_convert(exs[:3], pack=True)[0])  # seqio's feature set
+    for g, w in zip(got, want):
+        for k in w:
+            assert g[k].dtype == w[k].dtype == np.int32
+            np.testing.assert_array_equal(g[k], w[k], err_msg=k)
+    # With pack=False it is exactly seqio's converter.
+    unpacked = list(packing.BestFitEncDecFeatureConverter(pack=False)(_tf_ds(exs[:20]), LENGTHS)
+                    .as_numpy_iterator())
+    theirs = _seqio_convert(exs[:20], pack=False)
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(unpacked, theirs) for k in b)
+
+
+def test_drop_in_matches_seqio_row_for_row_when_arrival_order_is_best_fit():
+    # Examples in decreasing size, each pair filling one row exactly: greedy and best-fit agree, so the
+    # full converter outputs (after seqio's own shifting/loss weights) must be identical.
+    # Big examples (decreasing, two never fit together) each followed by the small one that completes its
+    # row on both sides; every small is smaller than every big.
+    exs = []
+    for i in range(4):
+        exs.append({"inputs": np.arange(2, 2 + 40 - i, dtype=np.int32), "targets": np.arange(5, 5 + 12 - i,
+                                                                                         dtype=np.int32)})
+        exs.append({"inputs": np.arange(3, 3 + 24 + i, dtype=np.int32), "targets": np.full(4 + i, 9, np.int32)})
+    ours = list(packing.BestFitEncDecFeatureConverter(pack=True)(_tf_ds(exs), LENGTHS).as_numpy_iterator())
+    theirs = _seqio_convert(exs, pack=True)
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs):
+        assert set(a) == set(b)
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_packer_state_round_trip_continues_identically():
+    exs = _random_examples(400, seed=9)
+    straight = list(packing.pack(exs, LENGTHS, window=50))
+    p = packing.BestFitPacker(64, 16, window=50)
+    blocks = [p.add(e["inputs"], e["targets"]) for e in exs[:173]]
+    arrays = p.state()
+    assert all(v.dtype != object for v in arrays.values())  # plain int arrays: savez without pickle
+    q = packing.BestFitPacker(64, 16, window=50)
+    q.restore(arrays)
+    blocks += [q.add(e["inputs"], e["targets"]) for e in exs[173:]] + [q.finish()]
+    rows = [r for b in blocks if b is not None for r in packing.split_block(b)]
+    assert len(rows) == len(straight)
+    assert all(np.array_equal(a[k], b[k]) for a, b in zip(rows, straight) for k in a)
+    with pytest.raises(ValueError, match="packer state is for"):
+        packing.BestFitPacker(64, 16, window=51).restore(arrays)
+
+
+def test_t0_like_mix_within_two_percent_of_the_lower_bound():
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        "bench_packing", os.path.join(os.path.dirname(__file__), "..", "bench", "packing.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    li, lt = bench.t0_like_lengths(4000, seed=0)
+    exs = bench.examples_of_lengths(li, lt)
+    lengths = {"inputs": 1024, "targets": 256}
+    rows = sum(len(b["encoder_input_tokens"]) for b in packing.pack_blocks(exs, lengths))
+    lb = bench.lower_bound(exs, lengths)
+    assert rows <= 1.02 * lb, (rows, lb)

@@ -1,17 +1,30 @@
 """Orbax checkpoints in MODEL_DIR/checkpoint_<step>: train state, data position and model description.
 
 Orbax writes into a temporary directory and renames it when complete, so a checkpoint is either whole or
-absent. Before restoring, the stored parameter shapes are compared with the current model so that a
+absent -- unless files are lost or garbled later (disk full, a copy cut short, a bad sync). restore_latest()
+therefore tries the newest checkpoint first and, if it cannot be read, warns, moves it aside
+(MODEL_DIR/corrupt-checkpoint_<step>-<time>, so a later save of that step does not collide) and restores the
+one before it. Before restoring, the stored parameter shapes are compared with the current model so that a
 MODEL_DIR holding a different model is an error that says so (t5x#1067), not a silent restore.
+
+Per-host data-position files (a tf.data iterator checkpoint: different on every host, so not part of the
+orbax items, which the primary host writes) live in MODEL_DIR/data_state/checkpoint_<step>/host_<i>_of_<n>,
+written before the orbax save starts and pruned once their orbax checkpoint is gone.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+log = logging.getLogger(__name__)
+DATA_STATE_DIR = "data_state"
 
 STATE, DATA, META = "state", "data", "meta"
 STEP_PREFIX = "checkpoint"
@@ -19,6 +32,10 @@ STEP_PREFIX = "checkpoint"
 
 class IncompatibleCheckpointError(ValueError):
     """MODEL_DIR (or INITIAL_CHECKPOINT_PATH) holds a model of other shapes than the one configured."""
+
+
+class NoReadableCheckpointError(RuntimeError):
+    """Every checkpoint in MODEL_DIR failed to restore."""
 
 
 class Checkpointer:
@@ -35,6 +52,15 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._mngr.latest_step()
 
+    def should_save(self, step: int, *, force: bool = False) -> bool:
+        """Whether save(step, ..., force=force) would write a checkpoint."""
+        return force or step % self.period == 0
+
+    def data_dir(self, step: int) -> str:
+        """This host's directory for the data-position files of `step`."""
+        return os.path.join(self.directory, DATA_STATE_DIR, f"{STEP_PREFIX}_{step}",
+                            f"host_{jax.process_index()}_of_{jax.process_count()}")
+
     def all_steps(self) -> list[int]:
         return list(self._mngr.all_steps())
 
@@ -48,7 +74,29 @@ class Checkpointer:
             DATA: ocp.args.JsonSave(data_state or {}),
             META: ocp.args.JsonSave(meta),
         })
-        return self._mngr.save(step, args=args, force=True)
+        started = self._mngr.save(step, args=args, force=True)
+        # save() waited for the previous save, so older steps not listed now are gone or never finished.
+        self._prune_data_dirs(keep=set(self.all_steps()) | {step})
+        return started
+
+    def _prune_data_dirs(self, keep: set[int]) -> None:
+        root = epath.Path(self.directory) / DATA_STATE_DIR
+        if not root.exists():
+            return
+        mine = os.path.basename(self.data_dir(0))
+        for d in root.iterdir():
+            name = d.name
+            if not name.startswith(STEP_PREFIX + "_") or not name[len(STEP_PREFIX) + 1:].isdigit():
+                continue
+            if int(name[len(STEP_PREFIX) + 1:]) in keep:
+                continue
+            for child in d.iterdir():  # this host's files, and any tmp dir a kill left behind
+                if child.name.startswith(mine):
+                    child.rmtree(missing_ok=True)
+            try:
+                d.rmdir()  # the last host out removes the step directory
+            except OSError:
+                pass
 
     def read_meta(self, step: int) -> dict:
         return dict(self._mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
@@ -62,6 +110,47 @@ class Checkpointer:
             items[DATA] = ocp.args.JsonRestore()
         restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
         return restored[STATE], (dict(restored[DATA]) if with_data else None)
+
+    def restore_latest(self, abstract_state: dict[str, Any], param_shapes: dict[str, list[int]], *,
+                       with_data: bool = True) -> tuple[int, dict[str, Any], dict | None] | None:
+        """Restore the newest readable checkpoint: (step, state, data_state), or None if there is none.
+
+        An unreadable checkpoint (truncated/garbled/missing files) is skipped with a warning and moved
+        aside; a checkpoint of a different model is still an IncompatibleCheckpointError.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        errors = []
+        for step in steps:
+            try:
+                state, data = self.restore(step, abstract_state, param_shapes, with_data=with_data)
+                return step, state, data
+            except IncompatibleCheckpointError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- orbax/tensorstore/json raise many kinds
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                errors.append(f"step {step}: {msg}")
+                print(f"[ext5] WARNING: checkpoint {self.directory}/{STEP_PREFIX}_{step} is unreadable ({msg}); "
+                      f"moving it aside and falling back to the previous one", flush=True)
+                self._set_aside(step)
+        if errors:
+            raise NoReadableCheckpointError(
+                f"no checkpoint in {self.directory} could be restored ({'; '.join(errors)}); they were moved "
+                f"to corrupt-{STEP_PREFIX}_<step>-<time>; rerun to start from scratch, or restore a backup")
+        return None
+
+    def _set_aside(self, step: int) -> None:
+        """Rename an unreadable checkpoint out of orbax's view so training can save that step again."""
+        if jax.process_index() == 0:
+            src = epath.Path(self.directory) / f"{STEP_PREFIX}_{step}"
+            dst = epath.Path(self.directory) / f"corrupt-{STEP_PREFIX}_{step}-{int(time.time())}"
+            try:
+                src.rename(dst)
+            except OSError as e:
+                log.warning("ext5: could not move %s aside: %s", src, e)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices(f"ext5_set_aside_{step}")
+        self._mngr.reload()
 
     def wait(self) -> None:
         self._mngr.wait_until_finished()

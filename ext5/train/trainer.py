@@ -6,6 +6,7 @@ Imports no TensorFlow: the seqio pipeline is imported only when a DatasetConfig 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import signal
 import time
@@ -37,7 +38,8 @@ class DatasetConfig:
     seed: int | None = 0
     use_cached: bool = False
     pack: bool = True
-    packer: str = "best_fit"
+    packer: str = "best_fit"  # ext5's best-fit packer; "seqio" for seqio's greedy trim_and_pack
+    pack_window: int = 512  # examples per best-fit round (memory and latency bound)
     module: str | None = None  # imported first, to register user tasks (t5x's MIXTURE_OR_TASK_MODULE)
 
 
@@ -68,15 +70,57 @@ def make_batch_source(cfg: DatasetConfig, shard_index: int, num_shards: int, hos
     return pipeline.HostBatchIterator(
         cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), host_batch_size, split=cfg.split,
         shuffle=cfg.shuffle, seed=cfg.seed if cfg.seed is not None else 0, shard_index=shard_index,
-        num_shards=num_shards, pack=cfg.pack, use_cached=cfg.use_cached)
+        num_shards=num_shards, pack=cfg.pack, use_cached=cfg.use_cached, packer=cfg.packer,
+        pack_window=cfg.pack_window)
+
+
+def _accepts_directory(fn: Callable[..., Any]) -> bool:
+    try:
+        return "directory" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _data_state(batches: Any, directory: str) -> dict:
+    """The batch source's position; sources that can (HostBatchIterator) also write resume files."""
+    return batches.state(directory=directory) if _accepts_directory(batches.state) else batches.state()
+
+
+def _restore_data(batches: Any, data_state: dict, directory: str) -> None:
+    if _accepts_directory(batches.restore):
+        batches.restore(data_state, directory=directory)
+    else:
+        batches.restore(data_state)
 
 
 class _Preemption:
-    """SIGTERM (Cloud TPU preemption) sets a flag; the loop saves at the current step and exits cleanly."""
+    """SIGTERM (Cloud TPU preemption) sets a flag; the loop saves at the current step and exits cleanly.
 
-    def __init__(self):
+    Installed before the checkpoint restore and the compile, so a SIGTERM at any point after train() starts
+    ends in a clean exit. With several processes every one must stop at the same step (a process leaving
+    early would hang the others' collectives): jax's preemption sync point decides where it is available,
+    otherwise the processes agree on the flag every `sync_period` steps.
+    """
+
+    def __init__(self, sync_period: int = 10):
         self.requested = False
         self._old = None
+        self._sync_period = max(1, sync_period)
+
+    def stop_at(self, step: int) -> bool:
+        """Whether to stop after `step` (the same answer on every process)."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+        try:
+            if multihost_utils.reached_preemption_sync_point(step):
+                return True
+        except Exception:  # noqa: BLE001 -- no preemption service in this jax.distributed setup
+            pass
+        if step % self._sync_period:
+            return False
+        flags = multihost_utils.process_allgather(np.array([int(self.requested)], np.int32))
+        return bool(np.asarray(flags).any())
 
     def __enter__(self):
         try:
@@ -110,87 +154,95 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
     """Train `model` to `train_steps` total steps in `model_dir`, resuming from its latest checkpoint.
 
     Either `train_dataset` (a seqio mixture/task) or `batch_source` (any iterator of host batches with
-    state()/restore()) provides data. `stop_after_steps` stops early (tests), saving a checkpoint.
+    state()/restore(); when they accept `directory=`, each checkpoint gives them a per-host directory for
+    resume files) provides data. `stop_after_steps` stops early (tests), saving a checkpoint. On SIGTERM
+    the current step is checkpointed and train() returns with `preempted=True`.
     """
     if train_dataset is None and batch_source is None:
         raise ValueError("train() needs train_dataset (a seqio mixture or task) or batch_source")
-    if train_dataset is not None and train_dataset.batch_size != batch_size:
-        batch_size = train_dataset.batch_size
-    mesh = partitioning.make_mesh(partition.num_partitions)
-    partitioning.check_batch_size(batch_size, mesh, num_microbatches)
-    rules = partition.rules()
-    is_chief = jax.process_index() == 0
-    input_len, target_len = _lengths(train_dataset, batch_source)
+    # Installed first: a SIGTERM during the restore or the compile also ends in a clean exit.
+    with _Preemption(sync_period=log_period) as preemption:
+        if train_dataset is not None and train_dataset.batch_size != batch_size:
+            batch_size = train_dataset.batch_size
+        mesh = partitioning.make_mesh(partition.num_partitions)
+        partitioning.check_batch_size(batch_size, mesh, num_microbatches)
+        rules = partition.rules()
+        is_chief = jax.process_index() == 0
+        input_len, target_len = _lengths(train_dataset, batch_source)
 
-    lr_fn = optim.learning_rate_fn(learning_rate)
-    tx = optimizer(learning_rate=lr_fn)
-    fns = step_lib.build(model, mesh, rules, tx, input_len=input_len, target_len=target_len,
-                         num_microbatches=num_microbatches, z_loss=z_loss,
-                         loss_normalizing_factor=loss_normalizing_factor, dropout_seed=random_seed,
-                         learning_rate_fn=lr_fn)
-    param_shapes = fns.param_shapes()
-    meta = ckpt_lib.model_meta(model, param_shapes,
-                               mixture_or_task_name=getattr(train_dataset, "mixture_or_task_name", None))
+        lr_fn = optim.learning_rate_fn(learning_rate)
+        tx = optimizer(learning_rate=lr_fn)
+        fns = step_lib.build(model, mesh, rules, tx, input_len=input_len, target_len=target_len,
+                             num_microbatches=num_microbatches, z_loss=z_loss,
+                             loss_normalizing_factor=loss_normalizing_factor, dropout_seed=random_seed,
+                             learning_rate_fn=lr_fn)
+        param_shapes = fns.param_shapes()
+        meta = ckpt_lib.model_meta(model, param_shapes,
+                                   mixture_or_task_name=getattr(train_dataset, "mixture_or_task_name", None))
 
-    shard_index, num_shards = partitioning.host_shard_info()
-    host_bs = partitioning.host_batch_size(batch_size)
-    batches = batch_source if batch_source is not None else make_batch_source(
-        train_dataset, shard_index, num_shards, host_bs)
+        shard_index, num_shards = partitioning.host_shard_info()
+        host_bs = partitioning.host_batch_size(batch_size)
+        batches = batch_source if batch_source is not None else make_batch_source(
+            train_dataset, shard_index, num_shards, host_bs)
 
-    ckpt = ckpt_lib.Checkpointer(model_dir, period=checkpoint.period, keep=checkpoint.keep,
-                                 use_async=checkpoint.use_async)
-    abstract = fns.abstract_state.as_dict()
-    latest = ckpt.latest_step()
-    if latest is not None:
-        restored, data_state = ckpt.restore(latest, abstract, param_shapes)
-        state = step_lib.TrainState(**restored)
-        if data_state:
-            batches.restore(data_state)
-        print(f"[ext5] resumed from {ckpt.directory}/{ckpt_lib.STEP_PREFIX}_{latest}", flush=True)
-    elif initial_checkpoint_path:
-        state = _restore_initial(initial_checkpoint_path, abstract, param_shapes)
-        print(f"[ext5] initialised from {initial_checkpoint_path} (step {int(state.step)})", flush=True)
-    else:
-        state = fns.init(jax.random.PRNGKey(random_seed))
-    start_step = int(jax.device_get(state.step))
+        ckpt = ckpt_lib.Checkpointer(model_dir, period=checkpoint.period, keep=checkpoint.keep,
+                                     use_async=checkpoint.use_async)
+        abstract = fns.abstract_state.as_dict()
+        latest = ckpt.restore_latest(abstract, param_shapes)  # skips unreadable checkpoints, with a warning
+        if latest is not None:
+            latest_step, restored, data_state = latest
+            state = step_lib.TrainState(**restored)
+            if data_state:
+                _restore_data(batches, data_state, ckpt.data_dir(latest_step))
+            print(f"[ext5] resumed from {ckpt.directory}/{ckpt_lib.STEP_PREFIX}_{latest_step}", flush=True)
+        elif initial_checkpoint_path:
+            state = _restore_initial(initial_checkpoint_path, abstract, param_shapes)
+            print(f"[ext5] initialised from {initial_checkpoint_path} (step {int(state.step)})", flush=True)
+        else:
+            state = fns.init(jax.random.PRNGKey(random_seed))
+        start_step = int(jax.device_get(state.step))
 
-    writer = metrics_lib.create_writer(model_dir, "train", is_chief=is_chief)
-    eval_writer = metrics_lib.create_writer(model_dir, "eval", is_chief=is_chief) if evaluator else None
-    flops_per_step = flops_lib.train_flops_per_step(model, batch_size, input_len, target_len)
-    peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind)
-    n_dev = jax.device_count()
-    if is_chief:
-        print(f"[ext5] {n_dev} devices, mesh {dict(mesh.shape)}, {_count(param_shapes) / 1e6:.2f}M params, "
-              f"batch {batch_size} x ({input_len}+{target_len}) tokens, "
-              f"{flops_per_step / 1e12:.3f} TFLOP/step, steps {start_step}->{train_steps}", flush=True)
+        writer = metrics_lib.create_writer(model_dir, "train", is_chief=is_chief)
+        eval_writer = metrics_lib.create_writer(model_dir, "eval", is_chief=is_chief) if evaluator else None
+        flops_per_step = flops_lib.train_flops_per_step(model, batch_size, input_len, target_len)
+        peak = flops_lib.peak_flops_per_device(jax.devices()[0].device_kind)
+        n_dev = jax.device_count()
+        if is_chief:
+            print(f"[ext5] {n_dev} devices, mesh {dict(mesh.shape)}, {_count(param_shapes) / 1e6:.2f}M params, "
+                  f"batch {batch_size} x ({input_len}+{target_len}) tokens, "
+                  f"{flops_per_step / 1e12:.3f} TFLOP/step, steps {start_step}->{train_steps}", flush=True)
 
-    history: list[dict[str, float]] = []
-    eval_history: list[dict[str, float]] = []
-    progress = metrics_lib.Progress(train_steps, start_step)
-    end_step = train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
-    pending: list[Mapping[str, jax.Array]] = []
-    t_last = time.time()
-    preempted = False
-    step = start_step
+        history: list[dict[str, float]] = []
+        eval_history: list[dict[str, float]] = []
+        progress = metrics_lib.Progress(train_steps, start_step)
+        end_step = train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
+        pending: list[Mapping[str, jax.Array]] = []
+        t_last = time.time()
+        step = start_step
 
-    def log_row(metrics: list[Mapping[str, jax.Array]], elapsed: float | None) -> dict[str, float]:
-        """Normalise summed step metrics, add throughput when the interval was timed, and record them."""
-        summed = step_lib.host_metrics_sum(metrics)
-        row = step_lib.normalise_metrics(summed, len(metrics))
-        if elapsed is not None:
-            elapsed = max(elapsed, 1e-9)
-            row["steps_per_sec"] = len(metrics) / elapsed
-            row["tokens_per_sec"] = len(metrics) * batch_size * (input_len + target_len) / elapsed
-            row["nonpadding_tokens_per_sec"] = summed["nonpadding_tokens"] / elapsed
-            row["tflops_per_device"] = flops_per_step * len(metrics) / elapsed / n_dev / 1e12
-            if peak:
-                row["mfu"] = row["tflops_per_device"] * 1e12 / peak
-        writer.write_scalars(step, row)
-        history.append({"step": step, **row})
-        return row
+        def log_row(metrics: list[Mapping[str, jax.Array]], elapsed: float | None) -> dict[str, float]:
+            """Normalise summed step metrics, add throughput when the interval was timed, and record them."""
+            summed = step_lib.host_metrics_sum(metrics)
+            row = step_lib.normalise_metrics(summed, len(metrics))
+            if elapsed is not None:
+                elapsed = max(elapsed, 1e-9)
+                row["steps_per_sec"] = len(metrics) / elapsed
+                row["tokens_per_sec"] = len(metrics) * batch_size * (input_len + target_len) / elapsed
+                row["nonpadding_tokens_per_sec"] = summed["nonpadding_tokens"] / elapsed
+                row["tflops_per_device"] = flops_per_step * len(metrics) / elapsed / n_dev / 1e12
+                if peak:
+                    row["mfu"] = row["tflops_per_device"] * 1e12 / peak
+            writer.write_scalars(step, row)
+            history.append({"step": step, **row})
+            return row
 
-    with _Preemption() as preemption:
-        while step < end_step:
+        def save(force: bool = False) -> None:
+            # The data position is taken only when a checkpoint is written: it may write files.
+            if ckpt.should_save(step, force=force):
+                ckpt.save(step, state.as_dict(), _data_state(batches, ckpt.data_dir(step)), meta, force=force)
+
+        preempted = preemption.stop_at(step)  # a SIGTERM during restore/compile: stop before training
+        while step < end_step and not preempted:
             host = next(batches)
             state, m = fns.train_step(state, partitioning.make_global_batch(host, mesh, batch_size))
             step += 1
@@ -204,30 +256,31 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
                 if is_chief:
                     progress.print(step, row)
                 pending, t_last = [], time.time()
-            if preemption.requested:
-                preempted = True
-                print(f"[ext5] SIGTERM: saving checkpoint at step {step} and exiting", flush=True)
+            preempted = preemption.stop_at(step)
+            if preempted:
                 break
-            ckpt.save(step, state.as_dict(), batches.state(), meta)
+            save()
             if evaluator is not None and eval_period and step % eval_period == 0:
                 eval_history.append(_run_eval(evaluator, state, step, eval_writer))
-    ckpt.wait()
-    if step not in ckpt.all_steps():
-        ckpt.save(step, state.as_dict(), batches.state(), meta, force=True)
-    ckpt.close()
-    if evaluator is not None and not preempted and step == train_steps and (
-            not eval_period or step % eval_period != 0) and step > start_step:
-        eval_history.append(_run_eval(evaluator, state, step, eval_writer))
-    writer.close()
-    if eval_writer:
-        eval_writer.close()
-    if plot and is_chief and os.path.exists(os.path.join(model_dir, "train", "metrics.jsonl")):
-        png = metrics_lib.plot_curves(os.path.join(model_dir, "train", "metrics.jsonl"),
-                                      os.path.join(model_dir, "loss_curve.png"),
-                                      eval_jsonl=os.path.join(model_dir, "eval", "metrics.jsonl"))
-        print(f"[ext5] wrote {png}", flush=True)
-    return TrainResult(model_dir=model_dir, start_step=start_step, final_step=step, state=state,
-                       history=history, eval_history=eval_history, preempted=preempted)
+        if preempted:
+            print(f"[ext5] SIGTERM: saving a checkpoint at step {step} and exiting", flush=True)
+        ckpt.wait()
+        if step not in ckpt.all_steps():
+            save(force=True)
+        ckpt.close()
+        if evaluator is not None and not preempted and step == train_steps and (
+                not eval_period or step % eval_period != 0) and step > start_step:
+            eval_history.append(_run_eval(evaluator, state, step, eval_writer))
+        writer.close()
+        if eval_writer:
+            eval_writer.close()
+        if plot and is_chief and os.path.exists(os.path.join(model_dir, "train", "metrics.jsonl")):
+            png = metrics_lib.plot_curves(os.path.join(model_dir, "train", "metrics.jsonl"),
+                                          os.path.join(model_dir, "loss_curve.png"),
+                                          eval_jsonl=os.path.join(model_dir, "eval", "metrics.jsonl"))
+            print(f"[ext5] wrote {png}", flush=True)
+        return TrainResult(model_dir=model_dir, start_step=start_step, final_step=step, state=state,
+                           history=history, eval_history=eval_history, preempted=preempted)
 
 
 def _run_eval(evaluator: Evaluator, state: step_lib.TrainState, step: int, writer) -> dict[str, float]:
