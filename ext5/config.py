@@ -112,11 +112,15 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], extra_search_paths:
 
 
 def macro(name: str, default=None):
-    """The value of gin macro `name`, or `default` if it is not set."""
+    """The value of gin macro `name`, or `default` if it is not set. A macro bound to a call (`@fn()`, e.g.
+    `MIXTURE_OR_TASK_NAME = @mixtures.ext5_mixture()`) is evaluated, as gin does when it passes it on."""
     try:
-        return gin.query_parameter(f"{name}/macro.value")
+        value = gin.query_parameter(f"{name}/macro.value")
     except ValueError:
         return default
+    if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
+        value = value.scoped_configurable_fn()
+    return value
 
 
 def write_config(model_dir: str, text: str | None = None) -> str:

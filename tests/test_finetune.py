@@ -44,12 +44,29 @@ def test_finetune_needs_initial_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("gin_file,mixture,steps,dropout", [
-    ("ext5_base.gin", "ext5", 1_000_000, 0.0),
+    ("ext5_base.gin", None, 1_000_000, 0.0),
     ("prefinetune_base.gin", "exmix", 1_200_000, 0.0),
-    ("finetune_base.gin", "exmix_superglue", 1_200_000, 0.1),
+    ("finetune_base.gin", "ext5_superglue", 1_200_000, 0.1),
 ])
 def test_regime_presets_parse(gin_file, mixture, steps, dropout):
-    config.parse([gin_file], ["MODEL_DIR='gs://b/m'", "INITIAL_CHECKPOINT_PATH='gs://b/c'",
-                              f"MIXTURE_OR_TASK_NAME='{mixture}'"])
+    config.parse([gin_file], ["MODEL_DIR='gs://b/m'", "INITIAL_CHECKPOINT_PATH='gs://b/c'"]
+                 + ([f"MIXTURE_OR_TASK_NAME='{mixture}'"] if mixture else []))
     assert config.macro("TRAIN_STEPS") == steps and config.macro("DROPOUT_RATE") == dropout
     assert config.macro("TASK_FEATURE_LENGTHS") == {"inputs": 512, "targets": 114}
+
+
+def test_c4_ratio_is_gin_settable():
+    import seqio
+    config.parse(["ext5_base.gin"], ["MODEL_DIR='gs://b/m'"])
+    assert config.macro("MIXTURE_OR_TASK_NAME") == "ext5"
+    config.parse(["ext5_base.gin"], ["MODEL_DIR='gs://b/m'", "C4_EXMIX_RATIO = 4.0"])
+    name = config.macro("MIXTURE_OR_TASK_NAME")
+    assert name == "ext5_r4"
+    rates = {t.name: r for t, r in zip(*_tasks_and_rates(seqio.get_mixture_or_task(name)))}
+    c4 = rates.pop("c4_span_corruption")
+    assert c4 / sum(rates.values()) == pytest.approx(4.0)
+
+
+def _tasks_and_rates(mixture):
+    tasks = mixture.tasks
+    return tasks, [mixture.get_rate(t) for t in tasks]

@@ -126,3 +126,269 @@ def postprocess_squad(output: Any, example: Mapping[str, Any] | None = None,
     if is_target and example is not None and "answers" in example:
         return [_to_str(a) for a in np.asarray(example["answers"]).reshape(-1)]
     return _to_str(output).strip()
+
+
+# ============================================================================ ExMIX additions
+# Metrics below accept, per example, a target that is a str or a list of reference strings
+# (multi-reference tasks keep all references for evaluation; see tasks/exmix). Classification
+# metrics compare label words; `positive` names the positive class where one is needed.
+def references(target: Any) -> list[str]:
+    """A target (str, list of str, or {"references": [...]}) as a non-empty list of strings."""
+    if isinstance(target, Mapping):
+        target = target.get("references", [])
+    if isinstance(target, (str, bytes)):
+        return [_to_str(target)]
+    refs = [_to_str(t) for t in np.asarray(target, dtype=object).reshape(-1)]
+    return refs or [""]
+
+
+def first_reference(target: Any) -> str:
+    """The first reference of a target (str or list of str)."""
+    return references(target)[0]
+
+
+def exact_match(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """SQuAD-normalised exact match against any of the references, in percent."""
+    if not targets:
+        return {"exact_match": 0.0}
+    hits = [max(float(normalize_squad(p) == normalize_squad(r)) for r in references(t))
+            for t, p in zip(targets, predictions)]
+    return {"exact_match": 100.0 * float(np.mean(hits))}
+
+
+def token_f1(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """SQuAD-normalised token F1, max over references, mean over examples, in percent."""
+    if not targets:
+        return {"f1": 0.0}
+    f1 = [max(_token_f1(normalize_squad(r).split(), normalize_squad(p).split()) for r in references(t))
+          for t, p in zip(targets, predictions)]
+    return {"f1": 100.0 * float(np.mean(f1))}
+
+
+def rouge_first_reference(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """`rouge` against each example's first reference (as T5 scores multi-reference sets)."""
+    return rouge([first_reference(t) for t in targets], [_to_str(p) for p in predictions])
+
+
+def _bleu_tokens(text: str) -> list[str]:
+    # sacrebleu's 13a tokeniser, simplified: punctuation split off, case kept.
+    text = re.sub(r"([^\w\s])", r" \1 ", _to_str(text))
+    return text.split()
+
+
+def bleu(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Corpus BLEU-4 (uniform weights, brevity penalty, multi-reference, no smoothing) in 0-100,
+    close to sacrebleu's corpus_bleu with its default 13a tokenisation."""
+    matches, totals = [0] * 4, [0] * 4
+    hyp_len = ref_len = 0
+    for t, p in zip(targets, predictions):
+        hyp = _bleu_tokens(p)
+        refs = [_bleu_tokens(r) for r in references(t)]
+        hyp_len += len(hyp)
+        # Closest reference length (ties: shorter), as sacrebleu.
+        ref_len += min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]
+        for n in range(1, 5):
+            h = _ngrams(hyp, n)
+            max_ref: collections.Counter = collections.Counter()
+            for r in refs:
+                max_ref |= _ngrams(r, n)
+            matches[n - 1] += sum((h & max_ref).values())
+            totals[n - 1] += max(len(hyp) - n + 1, 0)
+    if hyp_len == 0 or min(matches) == 0:
+        return {"bleu": 0.0}
+    log_p = sum(np.log(m / t) for m, t in zip(matches, totals)) / 4
+    bp = 1.0 if hyp_len > ref_len else float(np.exp(1 - ref_len / hyp_len))
+    return {"bleu": 100.0 * bp * float(np.exp(log_p))}
+
+
+def _sari_ngram(src: Sequence[str], pred: Sequence[str], refs: Sequence[Sequence[str]], n: int):
+    s, p = _ngrams(src, n), _ngrams(pred, n)
+    r_all = [_ngrams(r, n) for r in refs]
+    nref = len(refs)
+    r_union: collections.Counter = collections.Counter()
+    for r in r_all:
+        for g, c in r.items():
+            r_union[g] += c
+    # Reference counts are fractional (averaged over references), as in Xu et al. (2016).
+    r_frac = {g: c / nref for g, c in r_union.items()}
+
+    def prf(sel: dict, gold: dict) -> tuple[float, float]:
+        inter = sum(min(sel[g], gold.get(g, 0.0)) for g in sel)
+        prec = inter / sum(sel.values()) if sel else 1.0
+        rec = inter / sum(gold.values()) if gold else 1.0
+        return prec, rec
+
+    add_sel = {g: 1.0 for g in p if g not in s}
+    add_gold = {g: 1.0 for g in r_frac if g not in s}
+    ap, ar = prf(add_sel, add_gold)
+    keep_sel = {g: min(s[g], p[g]) for g in p if g in s}
+    keep_gold = {g: min(s[g], r_frac[g]) for g in s if g in r_frac}
+    kp, kr = prf(keep_sel, keep_gold)
+    del_sel = {g: s[g] - p.get(g, 0) for g in s if s[g] > p.get(g, 0)}
+    del_gold = {g: s[g] - r_frac.get(g, 0.0) for g in s if s[g] > r_frac.get(g, 0.0)}
+    dp, _ = prf(del_sel, del_gold)
+
+    def f(a: float, b: float) -> float:
+        return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+    return f(ap, ar), f(kp, kr), dp
+
+
+def sari(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """SARI for simplification (add F1, keep F1, delete precision; n = 1..4), in 0-100.
+
+    Each target must be a mapping {"source": str, "references": [str, ...]} (the exmix
+    postprocessor builds it from the example's input text); without a source, SARI is
+    undefined and the example counts as source = prediction."""
+    scores = []
+    for t, pred in zip(targets, predictions):
+        src = _to_str(t.get("source", pred)) if isinstance(t, Mapping) else _to_str(pred)
+        toks = lambda x: _to_str(x).lower().split()  # noqa: E731
+        refs = [toks(r) for r in references(t)]
+        parts = [_sari_ngram(toks(src), toks(pred), refs, n) for n in range(1, 5)]
+        add, keep, dele = (float(np.mean([q[i] for q in parts])) for i in range(3))
+        scores.append((add + keep + dele) / 3)
+    return {"sari": 100.0 * float(np.mean(scores)) if scores else 0.0}
+
+
+def f1_binary(targets: Sequence[Any], predictions: Sequence[Any], *,
+              positive: str = "True") -> dict[str, float]:
+    """F1 of the `positive` label word (sklearn's binary f1_score), in percent."""
+    t = np.array([first_reference(x) == positive for x in targets])
+    p = np.array([_to_str(x).strip() == positive for x in predictions])
+    tp, fp, fn = int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
+    return {"f1": 100.0 * (2 * tp / (2 * tp + fp + fn) if tp else 0.0)}
+
+
+def f1_macro(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Macro-averaged F1 over the label words present in the targets, in percent."""
+    t = [first_reference(x) for x in targets]
+    p = [_to_str(x).strip() for x in predictions]
+    f1s = []
+    for label in sorted(set(t)):
+        tp = sum(a == label and b == label for a, b in zip(t, p))
+        fp = sum(a != label and b == label for a, b in zip(t, p))
+        fn = sum(a == label and b != label for a, b in zip(t, p))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"f1_macro": 100.0 * float(np.mean(f1s)) if f1s else 0.0}
+
+
+def multilabel_f1_macro(targets: Sequence[Any], predictions: Sequence[Any], *,
+                        sep: str = ",") -> dict[str, float]:
+    """Macro F1 over labels of multi-label targets written as "a, b" (e.g. GoEmotions)."""
+    split = lambda s: {x.strip() for x in _to_str(s).split(sep) if x.strip()}  # noqa: E731
+    t = [split(first_reference(x)) for x in targets]
+    p = [split(x) for x in predictions]
+    f1s = []
+    for label in sorted(set().union(*t)) if t else []:
+        tp = sum(label in a and label in b for a, b in zip(t, p))
+        fp = sum(label not in a and label in b for a, b in zip(t, p))
+        fn = sum(label in a and label not in b for a, b in zip(t, p))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return {"f1_macro": 100.0 * float(np.mean(f1s)) if f1s else 0.0}
+
+
+def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any], *,
+                      positive: str = "acceptable") -> dict[str, float]:
+    """Matthews correlation (binary, `positive` label word), x100 as in T5's GLUE numbers."""
+    t = np.array([first_reference(x) == positive for x in targets])
+    p = np.array([_to_str(x).strip() == positive for x in predictions])
+    tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
+    fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
+    denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return {"matthews_corrcoef": 100.0 * (float((tp * tn - fp * fn) / denom) if denom else 0.0)}
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    out = []
+    for v in values:
+        try:
+            out.append(float(first_reference(v)) if not isinstance(v, (int, float)) else float(v))
+        except ValueError:
+            out.append(np.nan)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom else 0.0
+
+
+def _rankdata(x: np.ndarray) -> np.ndarray:
+    # Average ranks for ties (scipy.stats.rankdata's default).
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        idx = x == v
+        ranks[idx] = ranks[idx].mean()
+    return ranks
+
+
+def pearson(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Pearson correlation x100 of numeric targets/predictions (unparsable predictions -> 0)."""
+    t, p = _floats(targets), np.nan_to_num(_floats(predictions))
+    return {"pearson": 100.0 * _pearson(t, p) if len(t) > 1 else 0.0}
+
+
+def spearman(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Spearman rank correlation x100 (average ranks for ties)."""
+    t, p = _floats(targets), np.nan_to_num(_floats(predictions))
+    return {"spearman": 100.0 * _pearson(_rankdata(t), _rankdata(p)) if len(t) > 1 else 0.0}
+
+
+def auc(targets: Sequence[Any], predictions: Sequence[Any], *,
+        positive: str = "True") -> dict[str, float]:
+    """ROC AUC x100 of hard predictions (prediction == positive label word as the score).
+
+    Decoded text has no score, so this equals balanced accuracy; use rank-classification
+    scores for a graded AUC."""
+    t = np.array([first_reference(x) == positive for x in targets])
+    s = np.array([float(_to_str(x).strip() == positive) for x in predictions])
+    n_pos, n_neg = int(t.sum()), int((~t).sum())
+    if not n_pos or not n_neg:
+        return {"auc": 0.0}
+    ranks = _rankdata(s)
+    return {"auc": 100.0 * float((ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))}
+
+
+def meteor(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """METEOR with exact unigram matching only (no stemming/synonyms; alpha 0.9, beta 3,
+    gamma 0.5), max over references, x100. A lower bound of NLTK's meteor_score."""
+    scores = []
+    for t, p in zip(targets, predictions):
+        hyp = _to_str(p).lower().split()
+        best = 0.0
+        for ref in (r.lower().split() for r in references(t)):
+            used, align = set(), []
+            for i, w in enumerate(hyp):
+                j = next((j for j, x in enumerate(ref) if x == w and j not in used), None)
+                if j is not None:
+                    used.add(j)
+                    align.append((i, j))
+            m = len(align)
+            if not m:
+                continue
+            prec, rec = m / len(hyp), m / len(ref)
+            fmean = prec * rec / (0.9 * prec + 0.1 * rec)
+            chunks = 1 + sum(1 for (a, b), (c, d) in zip(align, align[1:]) if c != a + 1 or d != b + 1)
+            best = max(best, fmean * (1 - 0.5 * (chunks / m) ** 3))
+        scores.append(best)
+    return {"meteor": 100.0 * float(np.mean(scores)) if scores else 0.0}
+
+
+def joint_goal_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
+    """Dialogue state tracking: the predicted "slot=value, ..." set equals the target set."""
+    as_set = lambda s: {x.strip().lower() for x in _to_str(s).split(",") if x.strip()}  # noqa: E731
+    hits = [as_set(first_reference(t)) == as_set(p) for t, p in zip(targets, predictions)]
+    return {"joint_goal_accuracy": 100.0 * float(np.mean(hits)) if hits else 0.0}
+
+
+def postprocess_float(output: Any, example: Mapping[str, Any] | None = None,
+                      is_target: bool = False) -> float:
+    """Decoded number -> float (NaN when the model wrote no number), as T5's string_to_float."""
+    del example, is_target
+    try:
+        return float(_to_str(output).strip())
+    except ValueError:
+        return float("nan")

@@ -1,0 +1,89 @@
+"""One seqio Task per ExMIX catalogue row (tasks/exmix/exmix_catalog.csv).
+
+Every task shares the same pipeline, parameterised by its row:
+  source (TFDS / Hugging Face / manual JSONL) -> formatting.format_row -> tokenize
+  -> cache point -> append EOS,
+with postprocessor and metrics chosen from the row's task_kind and metrics columns.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import seqio
+
+from ext5.data import metrics, registry
+from ext5.tasks.c4 import output_features, vocabulary_name  # noqa: F401  (shared vocabulary)
+from ext5.tasks.exmix import formatting, sources
+from ext5.tasks.exmix.catalog import Row, load_catalog
+
+ORIGIN = "ext5.tasks.exmix"
+
+
+def metric_fns(row: Row) -> list[Callable]:
+    """seqio metric functions for the row's `metrics` column."""
+    positive = row.label_names[-1] if row.label_names and row.label_names != ("@hf",) else "True"
+    label = row.is_label_task
+    table: dict[str, Callable] = {
+        # Free-text rows score "accuracy" as exact match against any reference.
+        "accuracy": metrics.accuracy if label else metrics.exact_match,
+        "auc": functools.partial(metrics.auc, positive=positive),
+        "bleu": metrics.bleu,
+        "exact_match": metrics.exact_match,
+        "f1": (functools.partial(metrics.f1_binary, positive=positive) if label
+               else metrics.token_f1),
+        "f1_macro": metrics.f1_macro,
+        "f1_macro_multilabel": metrics.multilabel_f1_macro,
+        "f1_squad": metrics.squad,
+        "f1a": functools.partial(metrics.f1_binary, positive=positive),
+        "joint_goal_accuracy": metrics.joint_goal_accuracy,
+        "matthews_corrcoef": functools.partial(metrics.matthews_corrcoef, positive=positive),
+        "meteor": metrics.meteor,
+        "pearson": metrics.pearson,
+        "rouge": metrics.rouge_first_reference,
+        "sari": metrics.sari,
+        "spearman": metrics.spearman,
+    }
+    return [table[m] for m in row.metrics]
+
+
+def postprocess_fn(row: Row) -> Callable:
+    return functools.partial(formatting.postprocess, numeric=row.task_kind == "regression",
+                             references=not row.is_label_task, source="sari" in row.metrics)
+
+
+def preprocessors(row: Row) -> list:
+    return [functools.partial(formatting.format_row, row=row),
+            seqio.preprocessors.tokenize,
+            seqio.CacheDatasetPlaceholder(),
+            seqio.preprocessors.append_eos_after_trim]
+
+
+def _record_metadata(row: Row) -> None:
+    """Family and train size for `ext5 inspect` / the transfer experiment, which read
+    `registry.FAMILIES` / `registry.NUM_EXAMPLES` when the registry provides them (counts of
+    TFDS sources are otherwise unknown without reading the builder's metadata)."""
+    families = getattr(registry, "FAMILIES", None)
+    if isinstance(families, dict):
+        families[row.task] = row.family
+    counts = getattr(registry, "NUM_EXAMPLES", None)
+    if isinstance(counts, dict):
+        counts[row.task] = {"train": row.num_train_examples}
+
+
+def add_row_task(row: Row, *, vocabulary: str | None = None,
+                 source: seqio.DataSource | None = None) -> seqio.Task:
+    """Registers (or replaces) the task of one row; `source` overrides the row's data source."""
+    _record_metadata(row)
+    return registry.add_task(
+        row.task, origin=ORIGIN,
+        source=source if source is not None else sources.data_source(row),
+        preprocessors=preprocessors(row),
+        output_features=output_features(vocabulary),
+        postprocess_fn=postprocess_fn(row),
+        metric_fns=metric_fns(row))
+
+
+def register(vocabulary: str | None = None) -> list[str]:
+    """(Re-)registers every ExMIX task; returns their names in catalogue order."""
+    return [add_row_task(row, vocabulary=vocabulary).name for row in load_catalog()]
