@@ -165,7 +165,10 @@ class HostBatchIterator:
             _CHUNK, padded_shapes={"inputs": [None], "targets": [None], "n_in": [], "n_tgt": []})
 
     def _reset(self) -> None:
-        self._it_cache: Any = None  # built on first use: building the dataset takes seconds
+        # Built on first use (building the dataset takes seconds); an iterator nothing was read from is kept.
+        if getattr(self, "_pulled", True):
+            self._it_cache: Any = None
+        self._pulled = False
         self._packer = packing.BestFitPacker(*self._lengths.values(), window=self.args["pack_window"])
         self._rows = _Rows()
         self._exhausted = False
@@ -177,8 +180,14 @@ class HostBatchIterator:
             self._it_cache = iter(self._dataset())
         return self._it_cache
 
+    def open(self) -> "HostBatchIterator":
+        """Builds the tf.data pipeline now, so that missing data fails before the model is initialised."""
+        _ = self._it
+        return self
+
     def _pull(self) -> None:
         """Moves one chunk from tf.data through the packer into the row queue."""
+        self._pulled = True
         try:
             chunk = {k: v.numpy() for k, v in next(self._it).items()}
         except StopIteration:
@@ -288,6 +297,7 @@ class HostBatchIterator:
         batches, exhausted = (int(x) for x in arrays["position"])
         if batches != target:
             raise ValueError(f"files hold position {batches}, the checkpoint says {target}")
+        self._pulled = True  # a failed read may leave the iterator half-restored: never reuse it
         status = tf.train.Checkpoint(iterator=self._it).read(os.path.join(directory, _TF_PREFIX))
         status.assert_consumed()
         self._packer.restore(arrays)

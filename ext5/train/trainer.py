@@ -71,7 +71,7 @@ def make_batch_source(cfg: DatasetConfig, shard_index: int, num_shards: int, hos
         cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), host_batch_size, split=cfg.split,
         shuffle=cfg.shuffle, seed=cfg.seed if cfg.seed is not None else 0, shard_index=shard_index,
         num_shards=num_shards, pack=cfg.pack, use_cached=cfg.use_cached, packer=cfg.packer,
-        pack_window=cfg.pack_window)
+        pack_window=cfg.pack_window).open()  # data errors surface before the model takes memory
 
 
 def _accepts_directory(fn: Callable[..., Any]) -> bool:
