@@ -31,7 +31,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/train_step.py
+	$(CPU8) $(BIN)/python bench/packing.py
+	$(CPU8) $(BIN)/python bench/pipeline.py
+	JAX_PLATFORMS=cpu $(BIN)/python bench/rank_eval.py
+	JAX_PLATFORMS=cpu $(BIN)/python bench/train_step.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
