@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from _util import padded_batch
 
 from ext5 import cli
 from ext5.model import convert
@@ -49,16 +50,7 @@ def hf_dir(params, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.RandomState(0)
-    b, in_len, tgt_len = 3, 40, 20  # > 16 positions: logarithmic relative-position buckets
-    enc = rng.randint(2, CFG.vocab_size, (b, in_len))
-    enc[1, 25:] = 0
-    enc[2, 6:] = 0
-    tgt = rng.randint(2, CFG.vocab_size, (b, tgt_len))
-    tgt[0, 15:] = 0
-    tgt[2, 4:] = 0
-    dec = np.concatenate([np.zeros((b, 1), tgt.dtype), tgt[:, :-1]], axis=1)
-    return enc.astype(np.int32), dec.astype(np.int32), tgt.astype(np.int32)
+    return padded_batch(CFG.vocab_size)
 
 
 @functools.lru_cache(maxsize=None)

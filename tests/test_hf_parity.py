@@ -6,7 +6,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from _util import random_params  # noqa: E402
+from _util import padded_batch, random_params  # noqa: E402
 
 from ext5.model import hf  # noqa: E402
 from ext5.model.configs import get_config  # noqa: E402
@@ -30,16 +30,7 @@ def params():
 
 @pytest.fixture(scope="module")
 def batch():
-    rng = np.random.RandomState(0)
-    b, in_len, tgt_len = 3, 40, 20  # > 16 positions: logarithmic relative-position buckets
-    enc = rng.randint(2, CFG.vocab_size, (b, in_len))
-    enc[1, 25:] = 0
-    enc[2, 6:] = 0
-    tgt = rng.randint(2, CFG.vocab_size, (b, tgt_len))
-    tgt[0, 15:] = 0
-    tgt[2, 4:] = 0
-    dec = np.concatenate([np.zeros((b, 1), tgt.dtype), tgt[:, :-1]], axis=1)
-    return enc.astype(np.int32), dec.astype(np.int32), tgt.astype(np.int32)
+    return padded_batch(CFG.vocab_size)
 
 
 def _hf_forward(model, enc, dec, tgt):
