@@ -8,6 +8,7 @@ JSONL fixtures from a temporary manual_dir. The local vocabulary is used through
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -114,6 +115,20 @@ def _hf_features(record: dict, row: Row):
     return datasets.Features(spec(record, ""))
 
 
+@contextlib.contextmanager
+def _env(name: str, value: str):
+    """Sets an environment variable for a module-scoped fixture (monkeypatch is function-scoped)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 @pytest.fixture(scope="module")
 def hf_mirror(tmp_path_factory):
     from ext5.data import sources
@@ -123,13 +138,8 @@ def hf_mirror(tmp_path_factory):
         split_names = {s.split("[")[0] for s in row.splits.values()}
         sources.write_mirror(root, row.hf_id, row.hf_config or None,
                              {s: recs for s in split_names}, features=_hf_features(recs[0], row))
-    old = os.environ.get(sources.MIRROR_ENV)
-    os.environ[sources.MIRROR_ENV] = root
-    yield root
-    if old is None:
-        os.environ.pop(sources.MIRROR_ENV, None)
-    else:
-        os.environ[sources.MIRROR_ENV] = old
+    with _env(sources.MIRROR_ENV, root):
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +152,8 @@ def manual_dir(tmp_path_factory):
             with open(os.path.join(root, row.task, f"{split}.jsonl"), "w") as f:
                 for i in range(3):
                     f.write(json.dumps(fixture_record(row, i)) + "\n")
-    old = os.environ.get(sources.MANUAL_DIR_ENV)
-    os.environ[sources.MANUAL_DIR_ENV] = root
-    yield root
-    if old is None:
-        os.environ.pop(sources.MANUAL_DIR_ENV, None)
-    else:
-        os.environ[sources.MANUAL_DIR_ENV] = old
+    with _env(sources.MANUAL_DIR_ENV, root):
+        yield root
 
 
 @pytest.fixture(scope="module")
