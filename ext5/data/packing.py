@@ -25,6 +25,7 @@ packer itself imports no TensorFlow).
 from __future__ import annotations
 
 import bisect
+import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -204,6 +205,12 @@ class BestFitPacker:
             keep = fresh[:self.carry]
         kept = {id(r) for r in keep}
         done = [r.segments for r in rows if id(r) not in kept and r.segments]
+        # Rows are created largest-first; emitted in that order, consecutive batches would hold only long or only
+        # short examples. Shuffle them with a seed taken from the window's content: deterministic and
+        # resume-safe without any extra state.
+        lens = np.array([len(x) for row in done for seg in row for x in seg], np.int64)
+        order = np.random.default_rng(zlib.crc32(lens.tobytes())).permutation(len(done))
+        done = [done[i] for i in order]
         for r in keep:
             r.carried = True
         self._open = [r for r in rows if id(r) in kept]

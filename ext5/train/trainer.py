@@ -242,11 +242,16 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
                 ckpt.save(step, state.as_dict(), _data_state(batches, ckpt.data_dir(step)), meta, force=force)
 
         preempted = preemption.stop_at(step)  # a SIGTERM during restore/compile: stop before training
+        # Several virtual CPU devices in one process can deadlock in their collectives when consecutive steps
+        # overlap (seen under load); on CPU keep one step in flight. TPU/GPU keep async dispatch.
+        one_in_flight = jax.default_backend() == "cpu" and jax.local_device_count() > 1
         while step < end_step and not preempted:
             host = next(batches)
             state, m = fns.train_step(state, partitioning.make_global_batch(host, mesh, batch_size))
             step += 1
             pending.append(m)
+            if one_in_flight:
+                jax.block_until_ready(m)
             if step == start_step + 1:
                 jax.block_until_ready(m)  # the first step includes the compile: log it untimed
                 log_row(pending, None)
