@@ -52,12 +52,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, list(args.gin_bindings) + gin_flag_bindings
 
 
-def _setup(args: argparse.Namespace, bindings: list[str]) -> None:
-    from ext5 import config
-    from ext5.train import partitioning
-    partitioning.maybe_initialize_distributed(
-        multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
-        process_count=args.process_count, process_index=args.process_index)
+def apply_data_flags(args: argparse.Namespace) -> None:
+    """--tfds_data_dir, --seqio_additional_cache_dirs and --module_import (shared with `ext5 experiment`)."""
     if args.tfds_data_dir or args.seqio_additional_cache_dirs:
         import seqio
         if args.tfds_data_dir:
@@ -66,6 +62,15 @@ def _setup(args: argparse.Namespace, bindings: list[str]) -> None:
             seqio.add_global_cache_dirs(args.seqio_additional_cache_dirs)
     for m in args.module_import:
         importlib.import_module(m)
+
+
+def _setup(args: argparse.Namespace, bindings: list[str]) -> None:
+    from ext5 import config
+    from ext5.train import partitioning
+    partitioning.maybe_initialize_distributed(
+        multiprocess_gpu=args.multiprocess_gpu, coordinator_address=args.coordinator_address,
+        process_count=args.process_count, process_index=args.process_index)
+    apply_data_flags(args)
     config.parse(args.gin_file, bindings, args.gin_search_paths)
 
 

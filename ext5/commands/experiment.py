@@ -9,7 +9,6 @@ Takes the same gin flags as `ext5 train` (--gin_file, --gin_bindings, --gin.NAME
 from __future__ import annotations
 
 import argparse
-import importlib
 from typing import Sequence
 
 from ext5.errors import UsageError
@@ -53,14 +52,8 @@ def main(argv: Sequence[str]) -> int:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
-    if args.tfds_data_dir or args.seqio_additional_cache_dirs:
-        import seqio
-        if args.tfds_data_dir:
-            seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-        if args.seqio_additional_cache_dirs:
-            seqio.add_global_cache_dirs(args.seqio_additional_cache_dirs)
-    for m in args.module_import:
-        importlib.import_module(m)
+    from ext5.cli import apply_data_flags
+    apply_data_flags(args)
     # Each run is `ext5 train` in its own process: it gets the same data flags.
     train_flags = ([f"--tfds_data_dir={args.tfds_data_dir}"] if args.tfds_data_dir else []) + [
         f"--seqio_additional_cache_dirs={d}" for d in args.seqio_additional_cache_dirs] + [

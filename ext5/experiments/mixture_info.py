@@ -38,7 +38,7 @@ class TaskRow:
 
 def family_of(task_name: str) -> str:
     """The task's family: registry metadata if set, else the name with its collection prefix removed."""
-    families: Mapping[str, str] = getattr(registry, "FAMILIES", {}) or {}
+    families: Mapping[str, str] = registry.FAMILIES
     if families.get(task_name):
         return str(families[task_name])
     for suffix in _FALLBACK_SUFFIXES:
@@ -60,7 +60,7 @@ def num_examples(task: seqio.Task, split: str = "train") -> int | None:
     TFDS sources are not asked: seqio reads their counts from the builder's dataset_info, which is
     remote (or absent) for data that was not prepared, so asking could download or hang.
     """
-    known: Mapping[str, Mapping[str, int]] = getattr(registry, "NUM_EXAMPLES", {}) or {}
+    known: Mapping[str, Mapping[str, int]] = registry.NUM_EXAMPLES
     if task.name in known:
         n = known[task.name].get(split)
         return None if n is None else int(n)

@@ -13,7 +13,7 @@ from typing import Callable
 import seqio
 
 from ext5.data import metrics, registry
-from ext5.tasks.c4 import output_features, vocabulary_name  # noqa: F401  (shared vocabulary)
+from ext5.tasks.c4 import output_features  # the vocabulary is shared with C4
 from ext5.tasks.exmix import formatting, sources
 from ext5.tasks.exmix.catalog import Row, load_catalog
 
@@ -59,24 +59,11 @@ def preprocessors(row: Row) -> list:
             seqio.preprocessors.append_eos_after_trim]
 
 
-def _record_metadata(row: Row) -> None:
-    """Family and train size for `ext5 inspect` / the transfer experiment, which read
-    `registry.FAMILIES` / `registry.NUM_EXAMPLES` when the registry provides them (counts of
-    TFDS sources are otherwise unknown without reading the builder's metadata)."""
-    families = getattr(registry, "FAMILIES", None)
-    if isinstance(families, dict):
-        families[row.task] = row.family
-    counts = getattr(registry, "NUM_EXAMPLES", None)
-    if isinstance(counts, dict):
-        counts[row.task] = {"train": row.num_train_examples}
-
-
 def add_row_task(row: Row, *, vocabulary: str | None = None,
                  source: seqio.DataSource | None = None) -> seqio.Task:
     """Registers (or replaces) the task of one row; `source` overrides the row's data source."""
-    _record_metadata(row)
     return registry.add_task(
-        row.task, origin=ORIGIN,
+        row.task, origin=ORIGIN, family=row.family, num_examples={"train": row.num_train_examples},
         source=source if source is not None else sources.data_source(row),
         preprocessors=preprocessors(row),
         output_features=output_features(vocabulary),

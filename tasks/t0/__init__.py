@@ -70,29 +70,21 @@ def _metric_fns(task: catalog.PromptTask) -> list:
     return sorted(fns, key=lambda f: f.__name__)
 
 
-def _record_metadata(task: catalog.PromptTask) -> None:
-    """Task cluster (as `family`) for `ext5 inspect`, in the registry's metadata tables when it has
-    them (same convention as tasks/exmix); `_score_eval` twins share their base task's family."""
-    families = getattr(registry, "FAMILIES", None)
-    if isinstance(families, dict):
-        families[task.name] = task.dataset.train_cluster or task.dataset.eval_cluster
-
-
 def register_task(task: catalog.PromptTask, *, source: str,
                   features: dict[str, seqio.Feature]) -> None:
     """Register one prompted task and, when its template has answer choices, its `_score_eval` twin."""
     from ext5.data import rank_classification as rc
 
-    _record_metadata(task)
     p3 = source == "p3"
+    family = task.dataset.train_cluster or task.dataset.eval_cluster  # the task cluster, for `ext5 inspect`
     registry.add_task(
-        task.name, origin=_ORIGIN, source=_source(task, source, task.name),
+        task.name, origin=_ORIGIN, family=family, source=_source(task, source, task.name),
         preprocessors=([prompts.from_p3] if p3 else []) + _tail(),
         output_features=features, postprocess_fn=metrics.postprocess_text,
         metric_fns=_metric_fns(task))
     if task.score_eval_name:
         registry.add_task(
-            task.score_eval_name, origin=_ORIGIN,
+            task.score_eval_name, origin=_ORIGIN, family=family,
             source=_source(task, source, task.score_eval_name),
             preprocessors=[prompts.from_p3 if p3 else prompts.answer_choice_rows] + _tail(),
             output_features=features, postprocess_fn=rc.postprocess,
