@@ -48,7 +48,7 @@ def unknown_name_error(name: str) -> UnknownTaskError:
     names = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
     return UnknownTaskError(
-        f"mixture or task '{name}' is not registered (data not available in this build); registered names "
+        f"mixture or task '{name}' is not registered; registered names "
         f"like it: {', '.join(close) if close else '(none)'}; {len(names)} names are registered by "
         f"`import ext5.tasks`; for your own tasks pass --module_import=your.tasks_module")
 
