@@ -13,31 +13,21 @@ gs://t5-data/vocabs/cc_all.32000.100extra). seqio loads it lazily: registering d
 from __future__ import annotations
 
 import functools
-import os
 
 import seqio
 
 from ext5.data import preprocessors, registry
-from ext5.data.vocab import get_vocabulary
+from ext5.data import vocab as vocab_lib
 from ext5.errors import UsageError
 
 ORIGIN = "ext5.tasks.c4"
 TASK_NAME = "c4_span_corruption"
 TFDS_NAME = "c4/en:3.1.0"
-VOCAB_ENV = "EXT5_VOCABULARY"
-DEFAULT_VOCABULARY = "t5"
-
-
-def vocabulary_name(vocabulary: str | None = None) -> str:
-    """The argument, else $EXT5_VOCABULARY, else "t5" (see ext5.data.vocab.get_vocabulary)."""
-    return vocabulary or os.environ.get(VOCAB_ENV) or DEFAULT_VOCABULARY
 
 
 def output_features(vocabulary: str | None = None) -> dict[str, seqio.Feature]:
-    """inputs/targets features (EOS appended) over the selected vocabulary."""
-    vocab = get_vocabulary(vocabulary_name(vocabulary))
-    return {"inputs": seqio.Feature(vocabulary=vocab, add_eos=True, required=True),
-            "targets": seqio.Feature(vocabulary=vocab, add_eos=True)}
+    """inputs/targets features (EOS appended) over the selected vocabulary (shared with ExMIX)."""
+    return vocab_lib.output_features(vocab_lib.selected_vocabulary(vocabulary))
 
 
 class PreparedTfdsSource(seqio.TfdsDataSource):

@@ -9,6 +9,7 @@ import seqio
 
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 EXTRA_IDS = 100
+VOCAB_ENV = "EXT5_VOCABULARY"  # selects the vocabulary of the C4, ExMIX and T0 tasks (tests use "local")
 
 
 def local_spm_path() -> str:
@@ -38,6 +39,18 @@ def get_vocabulary(name: str = "local") -> seqio.Vocabulary:
     if name.endswith(".model"):
         return seqio.SentencePieceVocabulary(name, extra_ids=EXTRA_IDS)
     raise ValueError(f"unknown vocabulary {name!r}; use 'local', 't5' or a path to a .model file")
+
+
+def selected_vocabulary(name: str | None = None) -> str:
+    """The argument, else $EXT5_VOCABULARY, else "t5"."""
+    return name or os.environ.get(VOCAB_ENV) or "t5"
+
+
+def output_features(vocabulary: str, *, inputs_eos: bool = True) -> dict[str, seqio.Feature]:
+    """seqio `inputs`/`targets` features over a get_vocabulary name; targets always end in EOS."""
+    vocab = get_vocabulary(vocabulary)
+    return {"inputs": seqio.Feature(vocabulary=vocab, add_eos=inputs_eos, required=True),
+            "targets": seqio.Feature(vocabulary=vocab, add_eos=True)}
 
 
 def padded_vocab_size(vocab: seqio.Vocabulary, multiple: int = 128) -> int:

@@ -27,7 +27,7 @@ import seqio
 import tensorflow as tf
 
 from ext5.data import metrics, preprocessors, rank_classification, registry
-from ext5.data.vocab import get_vocabulary
+from ext5.data import vocab as vocab_lib
 from ext5.tasks.local import generate
 
 _ORIGIN = __name__
@@ -35,9 +35,7 @@ MIXTURE_NAME = "local_default"
 
 
 def output_features() -> dict[str, seqio.Feature]:
-    vocab = get_vocabulary("local")
-    return {"inputs": seqio.Feature(vocabulary=vocab, add_eos=True, required=True),
-            "targets": seqio.Feature(vocabulary=vocab, add_eos=True)}
+    return vocab_lib.output_features("local")
 
 
 def _dataset_fn(family: str):

@@ -27,13 +27,12 @@ import os
 import seqio
 
 from ext5.data import metrics, prompts, registry, sources
-from ext5.data.vocab import get_vocabulary
+from ext5.data import vocab as vocab_lib
 from ext5.tasks.t0 import catalog, mixtures
 
 _ORIGIN = __name__
 SOURCES = ("promptsource", "p3")
 SOURCE_ENV = "EXT5_T0_SOURCE"
-VOCAB_ENV = "EXT5_VOCABULARY"  # the same variable as tasks/c4.py and tasks/exmix
 
 # promptsource metadata metric -> ext5 metric, for generative evaluation of the training tasks (T0 itself
 # scored only the held-out tasks, by rank classification). ext5.data.metrics has no BLEU (ROUGE stands
@@ -45,9 +44,7 @@ _METRICS = {"Accuracy": metrics.accuracy, "ROUGE": metrics.rouge, "Squad": metri
 
 def output_features(vocabulary: str | None = None) -> dict[str, seqio.Feature]:
     """T0's features: inputs without EOS, targets with EOS (as t-zero's tasks)."""
-    vocab = get_vocabulary(vocabulary or os.environ.get(VOCAB_ENV) or "t5")
-    return {"inputs": seqio.Feature(vocabulary=vocab, add_eos=False, required=True),
-            "targets": seqio.Feature(vocabulary=vocab, add_eos=True)}
+    return vocab_lib.output_features(vocab_lib.selected_vocabulary(vocabulary), inputs_eos=False)
 
 
 def _tail() -> list:
