@@ -15,16 +15,10 @@ def load_params(checkpoint_path: str, model: T5Config,
                 partition: partitioning.PartitionConfig = partitioning.PartitionConfig()) -> tuple[Any, int]:
     """Parameters (sharded on this host's mesh) and step of MODEL_DIR's latest or a checkpoint_<step> dir."""
     from ext5.train import checkpoints, optimizer, step as step_lib
-    directory, step = checkpoints.find_checkpoint_step(checkpoint_path)
-    ck = checkpoints.Checkpointer(directory, use_async=False)
-    step = step if step is not None else ck.latest_step()
-    if step is None:
-        raise checkpoints.IncompatibleCheckpointError(
-            f"{checkpoint_path} holds no checkpoint_<step> directory; pass MODEL_DIR of a training run")
     mesh = partitioning.make_mesh(partition.num_partitions)
     fns = step_lib.build(model, mesh, partition.rules(), optimizer.adafactor(), input_len=8, target_len=8)
-    restored, _ = ck.restore(step, fns.abstract_state.as_dict(), fns.param_shapes(), with_data=False)
-    ck.close()
+    restored, step = checkpoints.restore_state(checkpoint_path, fns.abstract_state.as_dict(), fns.param_shapes(),
+                                               what="CHECKPOINT_PATH")
     return restored["params"], step
 
 

@@ -194,3 +194,19 @@ def find_checkpoint_step(path: str) -> tuple[str, int | None]:
     if base.startswith(STEP_PREFIX + "_") and base[len(STEP_PREFIX) + 1:].isdigit():
         return os.path.dirname(os.path.normpath(path)), int(base[len(STEP_PREFIX) + 1:])
     return path, None
+
+
+def restore_state(path: str, abstract_state: dict[str, Any], param_shapes: dict[str, list[int]], *,
+                  what: str = "checkpoint path") -> tuple[dict[str, Any], int]:
+    """Train state (no data position) and step from a MODEL_DIR (its latest) or MODEL_DIR/checkpoint_<step>."""
+    directory, step = find_checkpoint_step(path)
+    ck = Checkpointer(directory, use_async=False)
+    try:
+        step = step if step is not None else ck.latest_step()
+        if step is None:
+            raise IncompatibleCheckpointError(
+                f"{what} {path} holds no checkpoint_<step> directory; pass MODEL_DIR of a training run")
+        restored, _ = ck.restore(step, abstract_state, param_shapes, with_data=False)
+    finally:
+        ck.close()
+    return restored, int(step)

@@ -301,13 +301,7 @@ def _run_eval(evaluator: Evaluator, state: step_lib.TrainState, step: int, write
 
 def _restore_initial(path: str, abstract: dict[str, Any], param_shapes: dict) -> step_lib.TrainState:
     """t5x's INITIAL_CHECKPOINT_PATH: the whole train state (step and optimizer too), not the data position."""
-    directory, step = ckpt_lib.find_checkpoint_step(path)
-    src = ckpt_lib.Checkpointer(directory, use_async=False)
-    step = step if step is not None else src.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH {path} holds no checkpoint_<step> directory")
-    restored, _ = src.restore(step, abstract, param_shapes, with_data=False)
-    src.close()
+    restored, _ = ckpt_lib.restore_state(path, abstract, param_shapes, what="INITIAL_CHECKPOINT_PATH")
     return step_lib.TrainState(**restored)
 
 
