@@ -68,7 +68,6 @@ class SeqioEvaluator:
             mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
             use_cached=use_cached, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
             shuffle=False, logger_cls=(), use_memory_cache=True)
-        self.task_names = [t.name for t in self.evaluator.eval_tasks]
 
     def predict_fn(self, params, ds) -> list[tuple[int, list[int]]]:
         out = []
