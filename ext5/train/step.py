@@ -85,10 +85,34 @@ class StepFns:
     init: Callable[[jax.Array], TrainState]
     train_step: Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]
     batch_sharding: NamedSharding
+    # The jitted step itself (explicit in/out shardings, state donated) and the lengths it was built for:
+    # `train`, `plan` (ahead-of-time compile for a TPU slice), eval and convert share this one construction.
+    step_jit: Any = None
+    input_len: int = 0
+    target_len: int = 0
 
     def param_shapes(self) -> dict[str, list[int]]:
         flat = flax.traverse_util.flatten_dict(self.abstract_state.params, sep="/")
         return {k: list(v.shape) for k, v in flat.items()}
+
+    def abstract_batch(self, global_batch_size: int, packed: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch the step takes, as sharded ShapeDtypeStructs (packed: segment ids and positions)."""
+        keys = {"encoder_input_tokens": self.input_len, "decoder_input_tokens": self.target_len,
+                "decoder_target_tokens": self.target_len}
+        if packed:
+            keys.update(encoder_segment_ids=self.input_len, decoder_segment_ids=self.target_len,
+                        encoder_positions=self.input_len, decoder_positions=self.target_len)
+        out = {k: jax.ShapeDtypeStruct((global_batch_size, n), jnp.int32, sharding=self.batch_sharding)
+               for k, n in keys.items()}
+        out["decoder_loss_weights"] = jax.ShapeDtypeStruct((global_batch_size, self.target_len), jnp.float32,
+                                                           sharding=self.batch_sharding)
+        return out
+
+    def lower(self, global_batch_size: int, packed: bool = True) -> jax.stages.Lowered:
+        """Lower the train step for abstract inputs (no arrays needed): `.compile()` gives memory and
+        cost analyses and HLO text, also for devices this host does not have (TPU topologies)."""
+        with self.mesh, nn.logical_axis_rules(self.rules):
+            return self.step_jit.lower(self.abstract_state, self.abstract_batch(global_batch_size, packed))
 
 
 def _dummy_batch(input_len: int, target_len: int) -> dict[str, jnp.ndarray]:
@@ -201,7 +225,8 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
             return step_jit(state, batch)
 
     return StepFns(model=model, mesh=mesh, rules=rules, state_shardings=state_sh, abstract_state=abstract_state,
-                   init=init_fn, train_step=step_fn, batch_sharding=data_sh)
+                   init=init_fn, train_step=step_fn, batch_sharding=data_sh, step_jit=step_jit,
+                   input_len=input_len, target_len=target_len)
 
 
 def normalise_metrics(summed: Mapping[str, float], num_steps: int) -> dict[str, float]:
