@@ -20,7 +20,8 @@ from ext5.errors import UsageError
 
 COMMANDS = ("train", "eval", "infer")
 # Commands with their own flags: name -> module under ext5.commands exposing main(argv) -> int.
-SUBCOMMANDS = {"convert": "convert", "inspect": "inspect_cmd", "experiment": "experiment", "cache": "cache"}
+SUBCOMMANDS = {"convert": "convert", "inspect": "inspect_cmd", "experiment": "experiment", "cache": "cache",
+               "plan": "plan", "report": "report"}
 
 
 def build_parser() -> argparse.ArgumentParser:
