@@ -7,8 +7,8 @@ setup(
     description="Extreme multi-task T5 training (ExT5 / T0) on JAX, Flax, optax, orbax and seqio",
     python_requires=">=3.10",
     # ext5.tasks lives in the top-level tasks/ folder and the gin files in gin/ (design card layout).
-    packages=["ext5", "ext5.commands", "ext5.data", "ext5.eval", "ext5.experiments", "ext5.model", "ext5.train",
-              "ext5.tasks", "ext5.tasks.local", "ext5.tasks.exmix", "ext5.tasks.t0", "ext5.gin"],
+    packages=["ext5", "ext5.commands", "ext5.data", "ext5.eval", "ext5.experiments", "ext5.interop", "ext5.model",
+              "ext5.train", "ext5.tasks", "ext5.tasks.local", "ext5.tasks.exmix", "ext5.tasks.t0", "ext5.gin"],
     package_dir={"ext5": "ext5", "ext5.tasks": "tasks", "ext5.gin": "gin"},
     package_data={"ext5.gin": ["*.gin", "models/*.gin", "runs/*.gin", "experiments/*.gin"],
                   "ext5.tasks.local": ["data/*"],

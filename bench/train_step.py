@@ -54,7 +54,7 @@ def bench_torch(cfg, batch, steps: int, warmup: int) -> float:
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
     from transformers.optimization import Adafactor
-    from ext5.model import hf
+    from ext5.interop import hf
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(T5Config(**hf.to_hf_config(cfg))).train()
     opt = Adafactor(model.parameters(), lr=1e-3, scale_parameter=True, relative_step=False, warmup_init=False,

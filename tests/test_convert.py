@@ -13,7 +13,8 @@ import pytest
 from _util import padded_batch
 
 from ext5 import cli
-from ext5.model import convert
+from ext5.interop import checkpoint, hf_files, t5x
+from ext5.interop import params as iparams
 from ext5.model.configs import get_config
 from ext5.model.t5 import Transformer
 
@@ -32,7 +33,7 @@ def params():
     """Random float32 weights of CFG's shapes (numpy: no init compile), norm scales away from 1 so that a
     mix-up between layers or norms shows."""
     rng = np.random.default_rng(11)
-    shapes = convert._flatten(jax.tree.map(lambda s: s.shape, convert._abstract_params(CFG)))
+    shapes = iparams.flatten(jax.tree.map(lambda s: s.shape, iparams.abstract_params(CFG)))
     flat = {k: (1.0 + 0.2 * rng.standard_normal(s) if len(s) == 1 else rng.standard_normal(s) / np.sqrt(s[0]))
             for k, s in shapes.items()}
     tree: dict = {}
@@ -44,7 +45,7 @@ def params():
 @pytest.fixture(scope="module")
 def hf_dir(params, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("hf"))
-    convert.export_hf(params, CFG, out)
+    hf_files.export_hf(params, CFG, out)
     return out
 
 
@@ -71,7 +72,7 @@ def _hf_logits(model, batch):
 
 
 def _assert_same_tree(a, b):
-    fa, fb = convert._flatten(a), convert._flatten(b)
+    fa, fb = iparams.flatten(a), iparams.flatten(b)
     assert fa.keys() == fb.keys()
     for k in fa:
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
@@ -87,13 +88,13 @@ def _one_line_error(capsys, argv) -> str:
 # ------------------------------------------------------------------------------------------------ Hugging Face
 
 def test_hf_to_ext5_to_hf_round_trip_is_identical(params, hf_dir, tmp_path):
-    cfg, imported = convert.load_hf(hf_dir, base=CFG)
+    cfg, imported = hf_files.load_hf(hf_dir, base=CFG)
     assert cfg == CFG
     _assert_same_tree(imported, params)
     again = tmp_path / "again"
-    convert.export_hf(imported, cfg, str(again))
-    first = convert.read_safetensors(os.path.join(hf_dir, "model.safetensors"))
-    second = convert.read_safetensors(str(again / "model.safetensors"))
+    hf_files.export_hf(imported, cfg, str(again))
+    first = hf_files.read_safetensors(os.path.join(hf_dir, "model.safetensors"))
+    second = hf_files.read_safetensors(str(again / "model.safetensors"))
     assert first.keys() == second.keys() and "lm_head.weight" in first
     for k in first:
         np.testing.assert_array_equal(first[k], second[k], err_msg=k)
@@ -103,7 +104,7 @@ def test_hf_to_ext5_to_hf_round_trip_is_identical(params, hf_dir, tmp_path):
 def test_hf_sharded_bfloat16_import(params, hf_dir, tmp_path):
     """Sharded safetensors (model.safetensors.index.json) in bfloat16, as large Hub checkpoints come."""
     from safetensors.torch import save_file
-    state = convert.read_safetensors(os.path.join(hf_dir, "model.safetensors"))
+    state = hf_files.read_safetensors(os.path.join(hf_dir, "model.safetensors"))
     names = sorted(state)
     shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
               "model-00002-of-00002.safetensors": names[len(names) // 2:]}
@@ -112,13 +113,13 @@ def test_hf_sharded_bfloat16_import(params, hf_dir, tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}))
     (tmp_path / "config.json").write_text(open(f"{hf_dir}/config.json").read())
-    cfg, imported = convert.load_hf(str(tmp_path))
+    cfg, imported = hf_files.load_hf(str(tmp_path))
     assert cfg.replace(dtype="float32") == CFG
     expected = jax.tree.map(lambda x: np.asarray(torch.from_numpy(x).to(torch.bfloat16).float()), params)
     _assert_same_tree(imported, expected)
     os.remove(tmp_path / "model-00002-of-00002.safetensors")
-    with pytest.raises(convert.ConversionError, match="model-00002-of-00002.safetensors, which is missing"):
-        convert.load_hf(str(tmp_path))
+    with pytest.raises(iparams.ConversionError, match="model-00002-of-00002.safetensors, which is missing"):
+        hf_files.load_hf(str(tmp_path))
 
 
 def _hf_flax_tree(p) -> dict:
@@ -162,7 +163,7 @@ def test_hf_flax_msgpack_import(params, hf_dir, tmp_path):
     (tmp_path / "config.json").write_text(open(f"{hf_dir}/config.json").read())
     (tmp_path / "flax_model.msgpack").write_bytes(serialization.msgpack_serialize(_hf_flax_tree(params)))
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not a pickle")
-    _, imported = convert.load_hf(str(tmp_path))
+    _, imported = hf_files.load_hf(str(tmp_path))
     _assert_same_tree(imported, params)
 
 
@@ -170,8 +171,8 @@ def test_pickled_bin_is_refused_without_unpickling(hf_dir, tmp_path, capsys):
     (tmp_path / "config.json").write_text(open(f"{hf_dir}/config.json").read())
     # Not a valid pickle at all: any attempt to unpickle would raise something other than our error.
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not a pickle")
-    with pytest.raises(convert.ConversionError) as e:
-        convert.load_hf(str(tmp_path))
+    with pytest.raises(iparams.ConversionError) as e:
+        hf_files.load_hf(str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and "pytorch_model.bin" in msg and "never unpickles" in msg and "safetensors" in msg
     err = _one_line_error(capsys, ["convert", "--from=hf", str(tmp_path), f"--to={tmp_path / 'm'}"])
@@ -250,7 +251,7 @@ def write_t5x_msgpack(root, params, step) -> str:
     path = os.path.join(root, f"checkpoint_{step}")
     os.makedirs(path)
     target: dict = {}
-    for name, arr in convert._flatten(params).items():
+    for name, arr in iparams.flatten(params).items():
         if arr.ndim == 1:  # unpartitioned arrays go into the msgpack itself
             _set(target, name, arr)
             continue
@@ -274,10 +275,10 @@ def test_t5x_checkpoint_imports_with_same_logits_as_hf_path(layout, params, hf_d
     else:
         write_t5x_orbax(str(tmp_path), params, T5X_STEP, ocdbt=layout == "orbax_ocdbt")
     # A t5x MODEL_DIR: the latest checkpoint_<step> is picked.
-    cfg, imported, step, found = convert.load_t5x(str(tmp_path), base=CFG)
+    cfg, imported, step, found = t5x.load_t5x(str(tmp_path), base=CFG)
     assert step == T5X_STEP and found == layout.split("_")[0]
     assert cfg == CFG
-    _, via_hf = convert.load_hf(hf_dir, base=CFG)
+    _, via_hf = hf_files.load_hf(hf_dir, base=CFG)
     t5x_logits, hf_path_logits = _ext5_logits(imported, batch), _ext5_logits(via_hf, batch)
     torch_logits = _hf_logits(transformers.T5ForConditionalGeneration.from_pretrained(hf_dir).eval(), batch)
     valid = batch[2] > 0
@@ -293,8 +294,8 @@ def test_t5x_bad_inputs_are_one_line_errors(params, tmp_path, capsys):
     scanned = {"token_embedder": params["token_embedder"],
                "encoder": {"layers": {}, "relpos_bias": params["encoder"]["relpos_bias"]},
                "decoder": params["decoder"]}
-    with pytest.raises(convert.ConversionError, match="scanned"):
-        convert.config_from_params(scanned)
+    with pytest.raises(iparams.ConversionError, match="scanned"):
+        t5x.config_from_params(scanned)
     assert "--from" in _one_line_error(capsys, ["convert", f"--to={tmp_path}"])
     t5x_dir = write_t5x_msgpack(str(tmp_path / "t5x"), params, T5X_STEP)
     err = _one_line_error(capsys, ["convert", f"--export-hf={t5x_dir}", f"--to={tmp_path / 'hf'}"])
@@ -337,8 +338,8 @@ def test_cli_import_finetune_and_export_round_trip(params, hf_dir, batch, tmp_pa
     hf_out = tmp_path / "hf_out"
     assert cli.main(["convert", f"--export-hf={model_dir / 'checkpoint_7'}", f"--to={hf_out}"]) == 0
     assert "model.safetensors" in capsys.readouterr().out
-    a = convert.read_safetensors(os.path.join(hf_dir, "model.safetensors"))
-    b = convert.read_safetensors(str(hf_out / "model.safetensors"))
+    a = hf_files.read_safetensors(os.path.join(hf_dir, "model.safetensors"))
+    b = hf_files.read_safetensors(str(hf_out / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -348,7 +349,7 @@ def test_cli_import_finetune_and_export_round_trip(params, hf_dir, batch, tmp_pa
     assert cli.main(["convert", "--from=t5x", str(tmp_path / "t5x" / f"checkpoint_{T5X_STEP}"),
                      f"--to={tmp_path / 'm2'}"]) == 0
     assert (tmp_path / "m2" / f"checkpoint_{T5X_STEP}").is_dir()
-    cfg, step = convert.checkpoint_config(str(tmp_path / "m2"))
+    cfg, step = checkpoint.checkpoint_config(str(tmp_path / "m2"))
     assert step == T5X_STEP and cfg.replace(dtype="float32") == CFG
 
     # ext5's own model gin (here: scanned layers) describing the same network: stacked on import, unstacked on
@@ -358,10 +359,10 @@ def test_cli_import_finetune_and_export_round_trip(params, hf_dir, batch, tmp_pa
                     "num_decoder_layers")]
     assert cli.main(["convert", "--from=hf", hf_dir, f"--to={tmp_path / 'scan'}", "--gin_file=t5_1_1_tiny.gin",
                      "--gin.configs.get_config.scan_layers=True"] + shape_flags) == 0
-    cfg, _ = convert.checkpoint_config(str(tmp_path / "scan"))
+    cfg, _ = checkpoint.checkpoint_config(str(tmp_path / "scan"))
     assert cfg.scan_layers and cfg.replace(scan_layers=False, dtype="float32") == CFG
     assert cli.main(["convert", f"--export-hf={tmp_path / 'scan'}", f"--to={tmp_path / 'scan_hf'}"]) == 0
-    c = convert.read_safetensors(str(tmp_path / "scan_hf" / "model.safetensors"))
+    c = hf_files.read_safetensors(str(tmp_path / "scan_hf" / "model.safetensors"))
     for k in a:
         np.testing.assert_array_equal(a[k], c[k], err_msg=k)
 
@@ -395,7 +396,7 @@ def test_trained_demo_model_exports_and_generates_identically(tmp_path, capsys):
     ds = seqio.EncDecFeatureConverter(pack=False)(ds, lengths)
     enc = np.stack([ex["encoder_input_tokens"] for ex in ds.take(5).as_numpy_iterator()]).astype(np.int32)
 
-    cfg, _ = convert.checkpoint_config(str(model_dir))
+    cfg, _ = checkpoint.checkpoint_config(str(model_dir))
     p, step = load_params(str(model_dir), cfg)
     assert step == 20
     ours = decoding.greedy_decode(Transformer(cfg), p, {"encoder_input_tokens": enc}, max_decode_length=32)

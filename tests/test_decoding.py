@@ -13,8 +13,9 @@ from _util import random_params
 from ext5.model import configs
 from ext5.model.decoding import beam_search, brevity_penalty, decode, greedy_decode
 from ext5.model.scoring import score, score_choices
+from ext5.model.sharding import standard_logical_axis_rules
 from ext5.model.t5 import Transformer, unscanned_to_scan
-from ext5.train.partitioning import make_mesh, standard_logical_axis_rules
+from ext5.train.partitioning import make_mesh
 
 # Tiny vocabulary so that every sequence up to length 3 can be enumerated (8**3 = 512).
 SMALL = configs.get_config("tiny", vocab_size=8, emb_dim=16, num_heads=2, head_dim=8, mlp_dim=24,

@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from _util import padded_batch, random_params  # noqa: E402
 
-from ext5.model import hf  # noqa: E402
+from ext5.interop import hf  # noqa: E402
 from ext5.model.configs import get_config  # noqa: E402
 from ext5.model.losses import compute_loss  # noqa: E402
 from ext5.model.t5 import (Transformer, relative_position_bucket,  # noqa: E402

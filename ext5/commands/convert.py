@@ -87,29 +87,30 @@ def _reconcile(source_cfg, gin_cfg, fields: Sequence[str], what: str):
 
 def _count(params) -> int:
     import numpy as np
-    from ext5.model.convert import param_shapes
+    from ext5.interop.params import param_shapes
     return int(sum(np.prod(s) for s in param_shapes(params).values()))
 
 
 def run_import(args: argparse.Namespace, bindings: list[str]) -> str:
-    from ext5.model import convert
-    convert.ensure_fresh_model_dir(args.to)  # before reading gigabytes
+    from ext5.interop import checkpoint, hf_files, t5x
+    from ext5.interop.params import describe
+    checkpoint.ensure_fresh_model_dir(args.to)  # before reading gigabytes
     gin_cfg = _gin_model(args.gin_file, bindings, args.gin_search_paths)
     t0 = time.time()
     if args.src_format == "hf":
         print(f"[ext5] reading Hugging Face T5 from {args.src}", flush=True)
-        cfg, params = convert.load_hf(args.src)
+        cfg, params = hf_files.load_hf(args.src)
         cfg = _reconcile(cfg, gin_cfg, _HF_FIELDS, "hf")
         step, source = (args.step if args.step is not None else 0), "hf"
     else:
         print(f"[ext5] reading t5x checkpoint {args.src}", flush=True)
-        cfg, params, t5x_step, layout = convert.load_t5x(args.src)
+        cfg, params, t5x_step, layout = t5x.load_t5x(args.src)
         print(f"[ext5] t5x {layout} layout, step {t5x_step}", flush=True)
         cfg = _reconcile(cfg, gin_cfg, _SHAPE_FIELDS, "t5x")
         step, source = (args.step if args.step is not None else t5x_step), f"t5x-{layout}"
-    print(f"[ext5] model: {convert.describe(cfg)}; {_count(params) / 1e6:.2f}M params "
+    print(f"[ext5] model: {describe(cfg)}; {_count(params) / 1e6:.2f}M params "
           f"(read in {time.time() - t0:.1f}s)", flush=True)
-    path = convert.write_checkpoint(params, cfg, args.to, step=step, converted_from=os.path.abspath(args.src),
+    path = checkpoint.write_checkpoint(params, cfg, args.to, step=step, converted_from=os.path.abspath(args.src),
                                     source_format=source)
     print(f"[ext5] wrote {path} (step {step}, params + fresh Adafactor state)", flush=True)
     print(f"[ext5] fine-tune from it: --gin.INITIAL_CHECKPOINT_PATH=\"'{path}'\"", flush=True)
@@ -117,15 +118,16 @@ def run_import(args: argparse.Namespace, bindings: list[str]) -> str:
 
 
 def run_export(args: argparse.Namespace, bindings: list[str]) -> list[str]:
-    from ext5.model import convert
+    from ext5.interop import checkpoint, hf_files
+    from ext5.interop.params import describe
     gin_cfg = _gin_model(args.gin_file, bindings, args.gin_search_paths)
-    stored_cfg, step = convert.checkpoint_config(args.export_hf)
+    stored_cfg, step = checkpoint.checkpoint_config(args.export_hf)
     cfg = gin_cfg or stored_cfg
     print(f"[ext5] reading ext5 checkpoint {args.export_hf} (step {step}; model config from "
           f"{'--gin_file' if gin_cfg else 'the checkpoint meta'})", flush=True)
-    params, step = convert.load_checkpoint_params(args.export_hf, cfg)
-    print(f"[ext5] model: {convert.describe(cfg)}; {_count(params) / 1e6:.2f}M params", flush=True)
-    paths = convert.export_hf(params, cfg, args.to)
+    params, step = checkpoint.load_checkpoint_params(args.export_hf, cfg)
+    print(f"[ext5] model: {describe(cfg)}; {_count(params) / 1e6:.2f}M params", flush=True)
+    paths = hf_files.export_hf(params, cfg, args.to)
     print(f"[ext5] wrote {', '.join(paths)}", flush=True)
     print(f"[ext5] load with transformers.T5ForConditionalGeneration.from_pretrained('{args.to}'); token ids "
           f"are those of the run's seqio vocabulary", flush=True)
@@ -135,7 +137,7 @@ def run_export(args: argparse.Namespace, bindings: list[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     """Entry point of `ext5 convert` (dispatched by ext5.cli)."""
     from ext5 import config
-    from ext5.model.convert import ConversionError
+    from ext5.interop.params import ConversionError
     rest, gin_flags = config.rewrite_gin_args(argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(rest)

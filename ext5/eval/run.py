@@ -13,13 +13,14 @@ from ext5.train import partitioning
 
 def load_params(checkpoint_path: str, model: T5Config,
                 partition: partitioning.PartitionConfig = partitioning.PartitionConfig()) -> tuple[Any, int]:
-    """Parameters (sharded on this host's mesh) and step of MODEL_DIR's latest or a checkpoint_<step> dir."""
-    from ext5.train import checkpoints, optimizer, step as step_lib
+    """Parameters (sharded on this host's mesh) and step of MODEL_DIR's latest or a checkpoint_<step> dir.
+
+    Parameters only: no optimizer is built and its state on disk is not read."""
+    from ext5.model.sharding import abstract_params
+    from ext5.train import checkpoints
     mesh = partitioning.make_mesh(partition.num_partitions)
-    fns = step_lib.build(model, mesh, partition.rules(), optimizer.adafactor(), input_len=8, target_len=8)
-    restored, step = checkpoints.restore_state(checkpoint_path, fns.abstract_state.as_dict(), fns.param_shapes(),
-                                               what="CHECKPOINT_PATH")
-    return restored["params"], step
+    return checkpoints.restore_params(checkpoint_path, abstract_params(model, mesh, partition.rules()),
+                                      what="CHECKPOINT_PATH")
 
 
 def evaluate(*, model: T5Config, checkpoint_path: str, evaluator: Any, output_dir: str | None = None,

@@ -1,4 +1,6 @@
-"""T5.1.1 model in t5x's language: configs, network, losses, decoding, FLOPs, HF conversion.
+"""T5.1.1 model in t5x's language: configs, network, losses, decoding, scoring, FLOPs, sharding rules.
+
+The bottom layer: imports nothing from ext5.data, train, eval, interop or commands (tests/test_layering.py).
 
 Modules (import them directly; this package imports nothing heavy on its own):
   configs   T5Config, SIZES, get_config
@@ -6,7 +8,6 @@ Modules (import them directly; this package imports nothing heavy on its own):
   losses    compute_loss (cross entropy + z-loss, t5x normalisations)
   decoding  decode (greedy/sample/beam; self-attention KV + cross-attention K/V cache), beam_search, greedy_decode
   scoring   score, score_choices (rank classification: one encoder pass + cross K/V shared by all choices)
-  convert   import Hugging Face / t5x checkpoints, export Hugging Face
   flops     forward_flops, train_flops_per_step, peak_flops_per_device
-  hf        to_hf_config, to_hf_state_dict, from_hf_state_dict, to_hf_model (torch imported lazily)
+  sharding  standard_logical_axis_rules (t5x's table), param_shardings, abstract_params
 """

@@ -25,10 +25,10 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-from ext5.model.t5 import Transformer, init_params
+from ext5.model.sharding import LogicalRules, param_shardings, standard_logical_axis_rules
+from ext5.model.t5 import Transformer
 
 Array = jax.Array
-LogicalRules = Sequence[tuple[str, str | None]]
 
 METHODS = ("greedy", "sample", "beam")
 # Large negative log-probability for dead beams (finite, so sums and comparisons stay well defined).
@@ -57,15 +57,13 @@ def resolve_rules(mesh: Any, rules: LogicalRules | None) -> tuple | None:
     if mesh is None:
         return None
     if rules is None:
-        from ext5.train.partitioning import standard_logical_axis_rules  # model core stays train-free
         rules = standard_logical_axis_rules()
     return tuple((str(k), v) for k, v in rules)
 
 
 @functools.lru_cache(maxsize=16)
 def _param_shardings(model: Transformer, mesh: Any, rules: tuple) -> Any:
-    boxed = jax.eval_shape(lambda: init_params(model.config, jax.random.PRNGKey(0)))
-    return nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, list(rules))
+    return param_shardings(model.config, mesh, rules)
 
 
 def place(model: Transformer, params: Any, arrays: Sequence[np.ndarray], mesh: Any,

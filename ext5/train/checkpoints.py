@@ -13,11 +13,12 @@ written before the orbax save starts and pruned once their orbax checkpoint is g
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -28,6 +29,29 @@ DATA_STATE_DIR = "data_state"
 
 STATE, DATA, META = "state", "data", "meta"
 STEP_PREFIX = "checkpoint"
+PARAMS = "params"  # the parameter subtree of the STATE item
+
+
+def step_dirname(step: int) -> str:
+    """`checkpoint_<step>`, t5x's name of one checkpoint's directory."""
+    return f"{STEP_PREFIX}_{step}"
+
+
+def step_of(name: str) -> int | None:
+    """The step of a `checkpoint_<step>` directory name (the last path component counts), else None.
+
+    The one parser of these names: resume, pruning, t5x import and `ext5 convert` all use it."""
+    base = os.path.basename(os.path.normpath(name))
+    digits = base[len(STEP_PREFIX) + 1:]
+    return int(digits) if base.startswith(STEP_PREFIX + "_") and digits.isdigit() else None
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+    """Sorted steps of the `checkpoint_<step>` subdirectories of a local directory ([] if there is none)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(step for d in os.listdir(directory) if (step := step_of(d)) is not None
+                  and os.path.isdir(os.path.join(directory, d)))
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -58,7 +82,7 @@ class Checkpointer:
 
     def data_dir(self, step: int) -> str:
         """This host's directory for the data-position files of `step`."""
-        return os.path.join(self.directory, DATA_STATE_DIR, f"{STEP_PREFIX}_{step}",
+        return os.path.join(self.directory, DATA_STATE_DIR, step_dirname(step),
                             f"host_{jax.process_index()}_of_{jax.process_count()}")
 
     def all_steps(self) -> list[int]:
@@ -85,10 +109,8 @@ class Checkpointer:
             return
         mine = os.path.basename(self.data_dir(0))
         for d in root.iterdir():
-            name = d.name
-            if not name.startswith(STEP_PREFIX + "_") or not name[len(STEP_PREFIX) + 1:].isdigit():
-                continue
-            if int(name[len(STEP_PREFIX) + 1:]) in keep:
+            step = step_of(d.name)
+            if step is None or step in keep:
                 continue
             for child in d.iterdir():  # this host's files, and any tmp dir a kill left behind
                 if child.name.startswith(mine):
@@ -111,6 +133,16 @@ class Checkpointer:
         restored = self._mngr.restore(step, args=ocp.args.Composite(**items))
         return restored[STATE], (dict(restored[DATA]) if with_data else None)
 
+    def restore_params(self, step: int, abstract_params: Any, param_shapes: dict[str, list[int]]) -> Any:
+        """Only the parameters of `step` (the optimizer state on disk is not read), into the shardings of
+        `abstract_params`, after checking the model matches."""
+        check_compatible(self.read_meta(step), param_shapes, where=f"{self.directory} (step {step})")
+        # A partial restore of the STATE item: orbax reads the params subtree and skips the rest.
+        args = ocp.args.PyTreeRestore(
+            item={PARAMS: abstract_params}, partial_restore=True,
+            restore_args={PARAMS: ocp.checkpoint_utils.construct_restore_args(abstract_params)})
+        return self._mngr.restore(step, args=ocp.args.Composite(**{STATE: args}))[STATE][PARAMS]
+
     def restore_latest(self, abstract_state: dict[str, Any], param_shapes: dict[str, list[int]], *,
                        with_data: bool = True) -> tuple[int, dict[str, Any], dict | None] | None:
         """Restore the newest readable checkpoint: (step, state, data_state), or None if there is none.
@@ -129,7 +161,7 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 -- orbax/tensorstore/json raise many kinds
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 errors.append(f"step {step}: {msg}")
-                print(f"[ext5] WARNING: checkpoint {self.directory}/{STEP_PREFIX}_{step} is unreadable ({msg}); "
+                print(f"[ext5] WARNING: checkpoint {self.directory}/{step_dirname(step)} is unreadable ({msg}); "
                       f"moving it aside and falling back to the previous one", flush=True)
                 self._set_aside(step)
         if errors:
@@ -141,8 +173,8 @@ class Checkpointer:
     def _set_aside(self, step: int) -> None:
         """Rename an unreadable checkpoint out of orbax's view so training can save that step again."""
         if jax.process_index() == 0:
-            src = epath.Path(self.directory) / f"{STEP_PREFIX}_{step}"
-            dst = epath.Path(self.directory) / f"corrupt-{STEP_PREFIX}_{step}-{int(time.time())}"
+            src = epath.Path(self.directory) / step_dirname(step)
+            dst = epath.Path(self.directory) / f"corrupt-{step_dirname(step)}-{int(time.time())}"
             try:
                 src.rename(dst)
             except OSError as e:
@@ -190,15 +222,15 @@ def model_meta(model_config: Any, param_shapes: dict[str, list[int]], **extra: A
 
 def find_checkpoint_step(path: str) -> tuple[str, int | None]:
     """Split a t5x-style checkpoint path (MODEL_DIR or MODEL_DIR/checkpoint_<step>) into (dir, step)."""
-    base = os.path.basename(os.path.normpath(path))
-    if base.startswith(STEP_PREFIX + "_") and base[len(STEP_PREFIX) + 1:].isdigit():
-        return os.path.dirname(os.path.normpath(path)), int(base[len(STEP_PREFIX) + 1:])
+    step = step_of(path)
+    if step is not None:
+        return os.path.dirname(os.path.normpath(path)), step
     return path, None
 
 
-def restore_state(path: str, abstract_state: dict[str, Any], param_shapes: dict[str, list[int]], *,
-                  what: str = "checkpoint path") -> tuple[dict[str, Any], int]:
-    """Train state (no data position) and step from a MODEL_DIR (its latest) or MODEL_DIR/checkpoint_<step>."""
+@contextlib.contextmanager
+def _checkpoint_at(path: str, what: str) -> Iterator[tuple[Checkpointer, int]]:
+    """(Checkpointer, step) of a MODEL_DIR (its latest step) or MODEL_DIR/checkpoint_<step>."""
     directory, step = find_checkpoint_step(path)
     ck = Checkpointer(directory, use_async=False)
     try:
@@ -206,7 +238,26 @@ def restore_state(path: str, abstract_state: dict[str, Any], param_shapes: dict[
         if step is None:
             raise IncompatibleCheckpointError(
                 f"{what} {path} holds no checkpoint_<step> directory; pass MODEL_DIR of a training run")
-        restored, _ = ck.restore(step, abstract_state, param_shapes, with_data=False)
+        yield ck, int(step)
     finally:
         ck.close()
-    return restored, int(step)
+
+
+def restore_state(path: str, abstract_state: dict[str, Any], param_shapes: dict[str, list[int]], *,
+                  what: str = "checkpoint path") -> tuple[dict[str, Any], int]:
+    """Train state (no data position) and step from a MODEL_DIR (its latest) or MODEL_DIR/checkpoint_<step>."""
+    with _checkpoint_at(path, what) as (ck, step):
+        restored, _ = ck.restore(step, abstract_state, param_shapes, with_data=False)
+    return restored, step
+
+
+def restore_params(path: str, abstract_params: Any, *, what: str = "checkpoint path") -> tuple[Any, int]:
+    """Parameters only and step of a MODEL_DIR (its latest) or MODEL_DIR/checkpoint_<step>, restored into
+    the shardings of `abstract_params` (ShapeDtypeStructs, e.g. `ext5.model.sharding.abstract_params`):
+    what eval, inference and export need, without building or reading an optimizer state."""
+    import flax
+
+    shapes = {k: list(v.shape) for k, v in flax.traverse_util.flatten_dict(abstract_params, sep="/").items()}
+    with _checkpoint_at(path, what) as (ck, step):
+        params = ck.restore_params(step, abstract_params, shapes)
+    return params, step

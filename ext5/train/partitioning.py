@@ -15,35 +15,11 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-LogicalRules = Sequence[tuple[str, str | None]]
+from ext5.model.sharding import LogicalRules, standard_logical_axis_rules  # noqa: F401 (the rules are the model's)
 
 
 class PartitioningError(ValueError):
     """The batch or model does not fit the device mesh; the message names the fix."""
-
-
-def standard_logical_axis_rules(fsdp: bool = False) -> list[tuple[str, str | None]]:
-    """t5x's `standard_logical_axis_rules` for 1-D model parallelism; `fsdp` also shards params over 'data'.
-
-    With fsdp, 'embed' maps to 'data' after 'batch' claims it; flax resolves each mesh axis once per
-    tensor, so activations (which carry 'batch') keep 'embed' replicated while parameters shard it.
-    """
-    rules: list[tuple[str, str | None]] = [
-        ("batch", "data"),
-        ("vocab", "model"),
-        ("mlp", "model"),
-        ("heads", "model"),
-        ("kv", None),
-        ("joined_kv", "model"),
-        ("relpos_buckets", None),
-        ("abspos_buckets", None),
-        ("length", None),
-        ("layers", None),
-        ("stack", None),
-        ("mlp_activations", None),
-    ]
-    rules.append(("embed", "data") if fsdp else ("embed", None))
-    return rules
 
 
 @dataclasses.dataclass(frozen=True)

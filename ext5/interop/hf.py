@@ -1,9 +1,17 @@
-"""ext5 (t5x-layout) parameters <-> Hugging Face `T5ForConditionalGeneration` state dicts.
+"""ext5 (t5x-layout) parameters <-> Hugging Face `T5ForConditionalGeneration`: config and tensors.
 
 The weights map 1:1 (kernels transposed): HF's T5 neither rescales attention logits nor the query, and
 t5x folds 1/sqrt(head_dim) into the query kernel's init, so a checkpoint converted either way computes
-the same function. T5.1.1 uses an untied `lm_head`; HF only rescales decoder outputs by d_model**-0.5
-for the tied (T5.1.0-style) head, which matches t5x's `logits_via_embedding` scaling.
+the same function.
+
+The output head is where transformers versions disagree. Original T5 (T5.1.0) ties the head to the
+embedding and scales decoder outputs by d_model**-0.5 first (ext5: `logits_via_embedding`); T5.1.1 has
+an untied, unscaled `lm_head`. transformers 4.x reads both facts from one flag, `tie_word_embeddings`
+(default true). transformers >= 5.24 always sets `tie_word_embeddings: true`, keeps the scaling in its own
+field `scale_decoder_outputs`, and unties a head whose `lm_head.weight` is stored with other values than
+the embedding. So `resolve_head` reads the scaling from `scale_decoder_outputs` when present, else from
+`tie_word_embeddings`, and the tying from the weights; `to_hf_config` writes both flags so that either
+version loads the same model.
 
 No torch import at module level: the converters work on numpy arrays. `to_hf_model` (torch needed)
 builds a ready-to-use HF model and takes care of transformers-5 tying the lm_head to the embedding.
@@ -15,7 +23,90 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ext5.interop.params import ConversionError, set_path
 from ext5.model.configs import T5Config
+
+HF_MODEL_TYPES = ("t5", "mt5")  # same network; umt5 has per-layer position biases, which ext5 lacks
+EMBEDDING, HEAD = "shared.weight", "lm_head.weight"
+
+
+def scales_decoder_outputs(hf_config: Mapping[str, Any]) -> bool:
+    """Whether Hugging Face multiplies decoder outputs by d_model**-0.5 before the head: transformers
+    >= 5.24's `scale_decoder_outputs` when the config has it, else (4.x) `tie_word_embeddings`, whose
+    default is true."""
+    if "scale_decoder_outputs" in hf_config:
+        return bool(hf_config["scale_decoder_outputs"])
+    return bool(hf_config.get("tie_word_embeddings", True))
+
+
+def has_separate_head(state: Mapping[str, Any]) -> bool:
+    """Whether the weights carry an `lm_head.weight` with other values than the embedding (an untied head)."""
+    if HEAD not in state:
+        return False
+    if EMBEDDING not in state:
+        return True
+    return not np.array_equal(_np(state[HEAD]), _np(state[EMBEDDING]))
+
+
+def resolve_head(hf_config: Mapping[str, Any], state: Mapping[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """(ext5 `logits_via_embedding`, state dict for `from_hf_state_dict`) of an HF config and its weights.
+
+    scaled + no separate head -> ext5's tied, scaled head (original T5);
+    unscaled                  -> an untied head: the stored lm_head, or a copy of the embedding;
+    scaled + separate head    -> an untied head whose kernel carries the d_model**-0.5 factor (the same
+                                 function: (s*y) @ W = y @ (s*W)).
+    """
+    scaled, separate = scales_decoder_outputs(hf_config), has_separate_head(state)
+    if scaled and not separate:
+        return True, {k: v for k, v in state.items() if k != HEAD}
+    state = dict(state)
+    if EMBEDDING not in state:
+        return False, state  # from_hf_state_dict names what is missing
+    head = _np(state[HEAD] if separate else state[EMBEDDING])
+    if scaled:
+        head = head * np.float32(float(hf_config["d_model"]) ** -0.5)
+    state[HEAD] = head
+    return False, state
+
+
+def config_from_hf(hf_config: Mapping[str, Any], *, base: T5Config | None = None,
+                   logits_via_embedding: bool | None = None) -> T5Config:
+    """ext5 T5Config from a Hugging Face T5 `config.json` dict (T5.1.1/lm-adapt/T0: gated-gelu, untied head;
+    T5.1.0: relu, tied head). Fields HF does not describe (dtype, remat, scan) come from `base`.
+
+    `logits_via_embedding` is `resolve_head`'s answer (it needs the weights); without it, the config's own
+    scaling flag decides, as transformers 4.x does."""
+    model_type = hf_config.get("model_type", "t5")
+    if model_type not in HF_MODEL_TYPES:
+        raise ConversionError(f"config.json has model_type {model_type!r}; ext5 imports {', '.join(HF_MODEL_TYPES)} "
+                              f"encoder-decoders only")
+    proj = hf_config.get("feed_forward_proj", "relu")
+    activations = {"gated-gelu": ("gelu", "linear"), "relu": ("relu",)}.get(proj)
+    if activations is None:
+        raise ConversionError(f"config.json has feed_forward_proj {proj!r}; ext5 supports 'gated-gelu' (T5.1.1) "
+                              f"and 'relu' (T5.1.0)")
+    eps = float(hf_config.get("layer_norm_epsilon", 1e-6))
+    if abs(eps - 1e-6) > 1e-12:
+        raise ConversionError(f"config.json has layer_norm_epsilon {eps}; ext5's RMSNorm uses 1e-6")
+    missing = [k for k in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_layers") if k not in hf_config]
+    if missing:
+        raise ConversionError(f"config.json lacks {', '.join(missing)}; is it a Hugging Face T5 config?")
+    num_layers = int(hf_config["num_layers"])
+    if logits_via_embedding is None:
+        logits_via_embedding = scales_decoder_outputs(hf_config)
+    return (base or T5Config()).replace(
+        vocab_size=int(hf_config["vocab_size"]),
+        emb_dim=int(hf_config["d_model"]),
+        num_heads=int(hf_config["num_heads"]),
+        head_dim=int(hf_config["d_kv"]),
+        mlp_dim=int(hf_config["d_ff"]),
+        num_encoder_layers=num_layers,
+        num_decoder_layers=int(hf_config.get("num_decoder_layers") or num_layers),
+        mlp_activations=activations,
+        relative_attention_num_buckets=int(hf_config.get("relative_attention_num_buckets", 32)),
+        relative_attention_max_distance=int(hf_config.get("relative_attention_max_distance", 128)),
+        logits_via_embedding=bool(logits_via_embedding),
+    )
 
 
 def to_hf_config(cfg: T5Config) -> dict:
@@ -39,7 +130,10 @@ def to_hf_config(cfg: T5Config) -> dict:
         dropout_rate=cfg.dropout_rate,
         layer_norm_epsilon=1e-6,
         feed_forward_proj=ff,
+        # Both flags, so that transformers 4.x (which reads tying and scaling from tie_word_embeddings) and
+        # >= 5.24 (scale_decoder_outputs; ties unless lm_head.weight is stored apart) build the same model.
         tie_word_embeddings=bool(cfg.logits_via_embedding),
+        scale_decoder_outputs=bool(cfg.logits_via_embedding),
         is_encoder_decoder=True,
         pad_token_id=0,
         eos_token_id=1,
@@ -47,9 +141,24 @@ def to_hf_config(cfg: T5Config) -> dict:
     )
 
 
+def hf_config_dict(cfg: T5Config) -> dict:
+    """config.json for `T5ForConditionalGeneration` (written without importing transformers)."""
+    out = to_hf_config(cfg)
+    out.update(architectures=["T5ForConditionalGeneration"], model_type="t5", torch_dtype="float32",
+               initializer_factor=1.0, use_cache=True)
+    return out
+
+
+def _np(x: Any) -> np.ndarray:
+    """float32 numpy array of a numpy array or torch tensor."""
+    if hasattr(x, "detach"):  # torch tensor
+        x = x.detach().to("cpu").float().numpy()
+    return np.asarray(x, dtype=np.float32)
+
+
 def _plain(params: Any) -> dict:
     """Unboxed, unscanned, numpy float32 nested dict (accepts a {'params': ...} wrapper)."""
-    from flax import linen as nn  # local: keeps `import ext5.model.hf` light
+    from flax import linen as nn  # local: keeps `import ext5.interop.hf` light
 
     from ext5.model.t5 import scan_to_unscanned
 
@@ -113,13 +222,6 @@ def _get(tree: dict, path: str) -> np.ndarray:
     return tree
 
 
-def _set(tree: dict, path: str, value: np.ndarray) -> None:
-    *parents, leaf = path.split("/")
-    for k in parents:
-        tree = tree.setdefault(k, {})
-    tree[leaf] = value
-
-
 def to_hf_state_dict(params: Any, cfg: T5Config) -> dict[str, np.ndarray]:
     """HF `T5ForConditionalGeneration` state dict (numpy float32) from ext5 params (scanned or not)."""
     tree = _plain(params)
@@ -139,21 +241,16 @@ def from_hf_state_dict(state: Mapping[str, Any], cfg: T5Config) -> dict:
     Accepts numpy arrays or torch tensors. Use `unscanned_to_scan` for a `scan_layers` model.
     """
 
-    def arr(x: Any) -> np.ndarray:
-        if hasattr(x, "detach"):  # torch tensor
-            x = x.detach().to("cpu").float().numpy()
-        return np.asarray(x, dtype=np.float32)
-
     missing = [name for _, name, _ in _layer_map(cfg) if name not in state]
-    if "shared.weight" not in state:
-        missing.append("shared.weight")
+    if EMBEDDING not in state:
+        missing.append(EMBEDDING)
     if missing:
         raise KeyError(f"HF state dict lacks {len(missing)} expected tensors, e.g. {missing[:3]}")
     tree: dict = {}
-    _set(tree, "token_embedder/embedding", arr(state["shared.weight"]))
+    set_path(tree, "token_embedder/embedding", _np(state[EMBEDDING]))
     for ours, theirs, transpose in _layer_map(cfg):
-        value = arr(state[theirs])
-        _set(tree, ours, np.ascontiguousarray(value.T if transpose else value))
+        value = _np(state[theirs])
+        set_path(tree, ours, np.ascontiguousarray(value.T if transpose else value))
     return tree
 
 
