@@ -28,3 +28,20 @@ def padded_batch(vocab_size: int):
     tgt[2, 4:] = 0
     dec = np.concatenate([np.zeros((b, 1), tgt.dtype), tgt[:, :-1]], axis=1)
     return enc.astype(np.int32), dec.astype(np.int32), tgt.astype(np.int32)
+
+
+def hf_greedy(model, enc, max_len: int):
+    """transformers' greedy generate (decoder start 0) in ext5's layout: [B, max_len], 0 after EOS.
+
+    Without transformers' KV cache: an independent check of ext5's cached decoding, and transformers 5's
+    cache is sized by the encoder's layer count (fails when the decoder has more layers)."""
+    import torch
+    with torch.no_grad():
+        gen = model.generate(input_ids=torch.tensor(enc, dtype=torch.long),
+                             attention_mask=torch.tensor(enc > 0, dtype=torch.long), do_sample=False,
+                             num_beams=1, max_new_tokens=max_len, decoder_start_token_id=0, eos_token_id=1,
+                             pad_token_id=0, use_cache=False).numpy()
+    assert (gen[:, 0] == 0).all()  # decoder start
+    out = np.zeros((len(enc), max_len), np.int32)
+    out[:, : gen.shape[1] - 1] = gen[:, 1:]
+    return out

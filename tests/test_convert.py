@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from _util import padded_batch
+from _util import hf_greedy, padded_batch
 
 from ext5 import cli
 from ext5.interop import checkpoint, hf_files, t5x
@@ -197,25 +197,9 @@ def test_export_loads_in_transformers_with_same_logits(params, hf_dir, batch):
     from ext5.model import decoding
     enc = batch[0]
     mine = decoding.greedy_decode(Transformer(CFG), params, {"encoder_input_tokens": enc}, max_decode_length=12)
-    theirs = _hf_greedy(model, enc, 12)
+    theirs = hf_greedy(model, enc, 12)
     assert len(np.unique(mine)) > 6
     np.testing.assert_array_equal(mine, theirs)
-
-
-def _hf_greedy(model, enc, max_len):
-    """transformers' greedy generate (decoder start 0) in ext5's layout: [B, max_len], 0 after EOS.
-
-    Without transformers' KV cache: an independent check of ext5's cached decoding, and transformers 5's
-    cache is sized by the encoder's layer count (fails when the decoder has more layers, as CFG's)."""
-    with torch.no_grad():
-        gen = model.generate(input_ids=torch.tensor(enc, dtype=torch.long),
-                             attention_mask=torch.tensor(enc > 0, dtype=torch.long), do_sample=False,
-                             num_beams=1, max_new_tokens=max_len, decoder_start_token_id=0, eos_token_id=1,
-                             pad_token_id=0, use_cache=False).numpy()
-    assert (gen[:, 0] == 0).all()  # decoder start
-    out = np.zeros((len(enc), max_len), np.int32)
-    out[:, : gen.shape[1] - 1] = gen[:, 1:]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ t5x
@@ -401,7 +385,7 @@ def test_trained_demo_model_exports_and_generates_identically(tmp_path, capsys):
     assert step == 20
     ours = decoding.greedy_decode(Transformer(cfg), p, {"encoder_input_tokens": enc}, max_decode_length=32)
 
-    theirs = _hf_greedy(transformers.T5ForConditionalGeneration.from_pretrained(str(hf_out)).eval(), enc, 32)
+    theirs = hf_greedy(transformers.T5ForConditionalGeneration.from_pretrained(str(hf_out)).eval(), enc, 32)
     print(f"\n[convert] acceptance: trained 20 steps in {t_train:.1f}s; ext5 greedy tokens:\n{ours[:, :12]}")
     assert (ours > 1).sum() >= 10  # real generations, not just EOS
     np.testing.assert_array_equal(ours, theirs)
