@@ -389,3 +389,45 @@ def test_trained_demo_model_exports_and_generates_identically(tmp_path, capsys):
     print(f"\n[convert] acceptance: trained 20 steps in {t_train:.1f}s; ext5 greedy tokens:\n{ours[:, :12]}")
     assert (ours > 1).sum() >= 10  # real generations, not just EOS
     np.testing.assert_array_equal(ours, theirs)
+
+
+# ------------------------------------------------------------------------------------------------ params only
+
+def test_eval_and_export_restore_parameters_only(params, tmp_path, monkeypatch):
+    """load_params (eval, infer) and the exporter read the params subtree alone: no optimizer is built, and a
+    checkpoint whose optimizer state has any other layout (here not even an optax state) still loads."""
+    from ext5.eval.run import load_params
+    from ext5.train import checkpoints, step as step_lib
+    ck = checkpoints.Checkpointer(str(tmp_path), use_async=False)
+    state = {"step": np.int32(5), "params": params, "opt_state": {"not_adafactor": np.arange(7, dtype=np.float32)}}
+    ck.save(5, state, {}, checkpoints.model_meta(CFG, iparams.param_shapes(params)), force=True)
+    ck.close()
+
+    def no_build(*a, **k):
+        raise AssertionError("step.build (optimizer init) on a parameters-only path")
+    monkeypatch.setattr(step_lib, "build", no_build)
+
+    restored, step = load_params(str(tmp_path), CFG)
+    assert step == 5
+    _assert_same_tree(jax.device_get(restored), params)
+    assert len(restored["decoder"]["logits_dense"]["kernel"].sharding.device_set) == len(jax.devices())
+    exported, step = checkpoint.load_checkpoint_params(str(tmp_path / "checkpoint_5"), CFG)
+    assert step == 5
+    _assert_same_tree(exported, params)
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match="holds a different model"):
+        load_params(str(tmp_path), CFG.replace(mlp_dim=32))
+
+
+def test_one_checkpoint_name_parser(tmp_path):
+    from ext5.train import checkpoints
+    assert checkpoints.step_of("checkpoint_12") == 12 and checkpoints.step_of("/runs/m/checkpoint_7/") == 7
+    for name in ("checkpoint_x", "corrupt-checkpoint_3-1700000000", "checkpoint_3.orbax-checkpoint-tmp-9", "ckpt_3"):
+        assert checkpoints.step_of(name) is None, name
+    for name in ("checkpoint_3", "checkpoint_20", "checkpoint_4.orbax-checkpoint-tmp-1", "data_state"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "checkpoint_9").write_text("a file, not a checkpoint")
+    assert checkpoints.checkpoint_steps(str(tmp_path)) == [3, 20]
+    assert checkpoints.find_checkpoint_step(str(tmp_path / "checkpoint_20")) == (str(tmp_path), 20)
+    assert checkpoints.find_checkpoint_step(str(tmp_path)) == (str(tmp_path), None)
+    with pytest.raises(iparams.ConversionError, match="already holds checkpoint_20"):
+        checkpoint.ensure_fresh_model_dir(str(tmp_path))
