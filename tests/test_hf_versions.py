@@ -129,7 +129,7 @@ def inputs():
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def hf_dirs(tmp_path_factory):
     """{name: (directory, ext5 logits_via_embedding it must import as)} for the three checkpoints."""
     root = tmp_path_factory.mktemp("hf_versions")
     hub = _hub_style(T5_1_1, _random_params(T5_1_1, 1), root / "hub_t5_1_1", tie_word_embeddings=False)
@@ -142,10 +142,10 @@ def checkpoints(tmp_path_factory):
             "original_t5": (original, True)}
 
 
-def test_installed_transformers_resaves_t5_1_1_with_the_new_fields(checkpoints):
+def test_installed_transformers_resaves_t5_1_1_with_the_new_fields(hf_dirs):
     """The premise of the resaved case: with transformers >= 5.24 the re-saved config says tied, and only the
     new field and the stored head tell T5.1.1 apart."""
-    directory, _ = checkpoints["resaved_t5_1_1"]
+    directory, _ = hf_dirs["resaved_t5_1_1"]
     config = json.load(open(os.path.join(directory, "config.json")))
     state = hf_files.read_safetensors(os.path.join(directory, "model.safetensors"))
     assert "lm_head.weight" in state and hf.has_separate_head(state)
@@ -155,8 +155,8 @@ def test_installed_transformers_resaves_t5_1_1_with_the_new_fields(checkpoints):
 
 
 @pytest.mark.parametrize("name", ["hub_t5_1_1", "resaved_t5_1_1", "original_t5"])
-def test_import_decodes_as_transformers_and_export_reloads_identically(name, checkpoints, batch, inputs, tmp_path):
-    directory, tied = checkpoints[name]
+def test_import_decodes_as_transformers_and_export_reloads_identically(name, hf_dirs, batch, inputs, tmp_path):
+    directory, tied = hf_dirs[name]
     cfg, params = hf_files.load_hf(directory, base=T5_1_1)
     assert cfg.logits_via_embedding is tied
     assert cfg.mlp_activations == (("relu",) if tied else ("gelu", "linear"))
@@ -199,9 +199,7 @@ def test_exported_config_means_the_same_to_transformers_4_and_5(tmp_path):
     scales on scale_decoder_outputs (and unties a separately stored head, which export writes only untied)."""
     for cfg in (T5_1_1, T5_1_0):
         config = hf.hf_config_dict(cfg)
-        v4_tied = v4_scaled = config["tie_word_embeddings"]
-        v5_scaled = config["scale_decoder_outputs"]
-        assert v4_tied == v4_scaled == v5_scaled == cfg.logits_via_embedding
+        assert config["tie_word_embeddings"] is config["scale_decoder_outputs"] is cfg.logits_via_embedding
         hf_files.export_hf(_random_params(cfg, 3), cfg, str(tmp_path / str(cfg.logits_via_embedding)))
         state = hf_files.read_safetensors(str(tmp_path / str(cfg.logits_via_embedding) / "model.safetensors"))
         assert ("lm_head.weight" in state) is not cfg.logits_via_embedding
@@ -230,10 +228,10 @@ def test_resolve_head_decision_table():
             np.testing.assert_allclose(resolved["lm_head.weight"], want, rtol=1e-6, err_msg=str(flags))
 
 
-def test_cli_import_of_the_resaved_model_decodes_as_transformers(checkpoints, inputs, tmp_path, capsys):
+def test_cli_import_of_the_resaved_model_decodes_as_transformers(hf_dirs, inputs, tmp_path, capsys):
     """The reported failure, end to end: `ext5 convert --from=hf` of a T5.1.1 re-saved by transformers 5.24 (was
     a tied, scaled model decoding 0/4 like HF), read back parameters-only."""
-    directory, _ = checkpoints["resaved_t5_1_1"]
+    directory, _ = hf_dirs["resaved_t5_1_1"]
     assert cli.main(["convert", "--from=hf", directory, f"--to={tmp_path / 'm'}"]) == 0
     assert "untied head" in capsys.readouterr().out
     cfg, _ = checkpoint.checkpoint_config(str(tmp_path / "m"))
