@@ -43,7 +43,7 @@ def has_separate_head(state: Mapping[str, Any]) -> bool:
     """Whether the weights carry an `lm_head.weight` with other values than the embedding (an untied head)."""
     if HEAD not in state:
         return False
-    if EMBEDDING not in state:
+    if EMBEDDING not in state or tuple(np.shape(state[HEAD])) != tuple(np.shape(state[EMBEDDING])):
         return True
     return not np.array_equal(_np(state[HEAD]), _np(state[EMBEDDING]))
 
@@ -240,7 +240,6 @@ def from_hf_state_dict(state: Mapping[str, Any], cfg: T5Config) -> dict:
 
     Accepts numpy arrays or torch tensors. Use `unscanned_to_scan` for a `scan_layers` model.
     """
-
     missing = [name for _, name, _ in _layer_map(cfg) if name not in state]
     if EMBEDDING not in state:
         missing.append(EMBEDDING)
