@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
+from ext5.data import preprocessors
 from ext5.tasks.exmix.catalog import Row
 
 LIST_SEPARATOR = " | "
@@ -74,22 +75,16 @@ def _scalar(value: Any) -> tf.Tensor:
 
 
 # ============================================================================ targets
-def _template(template: str, ex: Mapping[str, Any]) -> tf.Tensor:
-    import string
-    parts = []
-    for literal, field, _, _ in string.Formatter().parse(template):
-        if literal:
-            parts.append(tf.constant(literal))
-        if field:
-            parts.append(text(get_path(ex, field)))
-    return tf.strings.join(parts) if parts else tf.constant("")
+def field_text(ex: Mapping[str, Any], path: str) -> tf.Tensor:
+    """A template slot's text: the feature at dotted `path` via `text` (lists joined by " | ")."""
+    return text(get_path(ex, path))
 
 
 def _choices(row: Row, ex: Mapping[str, Any]) -> tf.Tensor:
     paths = row.choices[:1] if row.target_map == "choice_key" else row.choices
     if len(paths) == 1:
         return text_list(get_path(ex, paths[0]))
-    return tf.stack([text(get_path(ex, p)) for p in paths])
+    return tf.stack([field_text(ex, p) for p in paths])
 
 
 def render_targets(row: Row, ex: Mapping[str, Any],
@@ -97,7 +92,7 @@ def render_targets(row: Row, ex: Mapping[str, Any],
     """(targets scalar string, references 1-D string) of one example."""
     m = row.target_map
     if "{" in row.targets:
-        t = _template(row.targets, ex)
+        t = preprocessors.render_template(row.targets, ex, field_text)
         return t, tf.reshape(t, [1])
     if m in ("choice", "choice1", "choice_letter", "choice_key"):
         options = _choices(row, ex)
@@ -236,7 +231,7 @@ def format_row(dataset: tf.data.Dataset, *, row: Row) -> tf.data.Dataset:
         if keep_refs:
             out["references"] = refs
         if keep_source:
-            out["source_text"] = text(get_path(ex, row.inputs[0]))
+            out["source_text"] = field_text(ex, row.inputs[0])
         return out
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
