@@ -245,13 +245,13 @@ def postprocess(output: Any, example: Mapping[str, Any] | None = None, is_target
     Predictions -> stripped text (float for regression). Targets -> the label text / float, or
     for generation/span rows the list of all references ({"source", "references"} for SARI).
     """
-    from ext5.data import metrics
+    from ext5.data import task_metrics
     if numeric:
-        return metrics.postprocess_float(output)
+        return task_metrics.postprocess_float(output)
     if is_target and references and example is not None and "references" in example:
-        refs = metrics.references(example["references"])
+        refs = task_metrics.references(example["references"])
         if source and "source_text" in example:
-            return {"source": metrics._to_str(example["source_text"]), "references": refs}
+            return {"source": task_metrics.to_str(example["source_text"]), "references": refs}
         return refs
-    return metrics.postprocess_text(output)
+    return task_metrics.postprocess_text(output)
 

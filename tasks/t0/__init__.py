@@ -26,7 +26,7 @@ import os
 
 import seqio
 
-from ext5.data import metrics, prompts, registry, sources
+from ext5.data import prompts, registry, sources, task_metrics
 from ext5.data import vocab as vocab_lib
 from ext5.tasks.t0 import catalog, mixtures
 
@@ -35,11 +35,11 @@ SOURCES = ("promptsource", "p3")
 SOURCE_ENV = "EXT5_T0_SOURCE"
 
 # promptsource metadata metric -> ext5 metric, for generative evaluation of the training tasks (T0 itself
-# scored only the held-out tasks, by rank classification). ext5.data.metrics has no BLEU (ROUGE stands
-# in) and its squad metric needs a list of references (a prompt's target is one string: exact match).
+# scored only the held-out tasks, by rank classification). BLEU templates are scored by ROUGE here, and
+# task_metrics.squad needs a list of references (a prompt's target is one string: exact match).
 # Unlisted metrics fall back to accuracy.
-_METRICS = {"Accuracy": metrics.accuracy, "ROUGE": metrics.rouge, "Squad": metrics.accuracy,
-            "Sequence Accuracy": metrics.sequence_accuracy, "BLEU": metrics.rouge}
+_METRICS = {"Accuracy": task_metrics.accuracy, "ROUGE": task_metrics.rouge, "Squad": task_metrics.accuracy,
+            "Sequence Accuracy": task_metrics.sequence_accuracy, "BLEU": task_metrics.rouge}
 
 
 def output_features(vocabulary: str | None = None) -> dict[str, seqio.Feature]:
@@ -63,7 +63,7 @@ def _source(task: catalog.PromptTask, source: str, config: str) -> seqio.DataSou
 
 
 def _metric_fns(task: catalog.PromptTask) -> list:
-    fns = {_METRICS.get(m, metrics.accuracy) for m in task.metrics} or {metrics.accuracy}
+    fns = {_METRICS.get(m, task_metrics.accuracy) for m in task.metrics} or {task_metrics.accuracy}
     return sorted(fns, key=lambda f: f.__name__)
 
 
@@ -77,7 +77,7 @@ def register_task(task: catalog.PromptTask, *, source: str,
     registry.add_task(
         task.name, origin=_ORIGIN, family=family, source=_source(task, source, task.name),
         preprocessors=([prompts.from_p3] if p3 else []) + _tail(),
-        output_features=features, postprocess_fn=metrics.postprocess_text,
+        output_features=features, postprocess_fn=task_metrics.postprocess_text,
         metric_fns=_metric_fns(task))
     if task.score_eval_name:
         registry.add_task(
