@@ -8,6 +8,7 @@ pretraining examples match T5's statistics.
 """
 from __future__ import annotations
 
+import functools
 import string
 from typing import Any, Callable, Mapping, Sequence
 
@@ -197,3 +198,18 @@ def _denoise(ex: Mapping[str, tf.Tensor], seeds, *, vocabulary: seqio.Vocabulary
                                          mean_noise_span_length)
     return {"inputs": noise_span_to_unique_sentinel(tokens, noise_mask, vocabulary),
             "targets": nonnoise_span_to_unique_sentinel(tokens, noise_mask, vocabulary)}
+
+
+# ============================================================================ task preprocessor lists
+def task_preprocessors(*formatting: Callable, after_cache: Sequence[Callable] = ()) -> list:
+    """A text task's seqio preprocessors: `formatting` (raw features -> "inputs"/"targets"), tokenize,
+    the cache point, `after_cache` (random steps, fresh each epoch), then EOS after trimming."""
+    return [*formatting, seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(), *after_cache,
+            seqio.preprocessors.append_eos_after_trim]
+
+
+def span_corruption_preprocessors() -> list:
+    """T5 span corruption of a "text" feature (C4, the local corpus), corrupted after the cache point."""
+    return task_preprocessors(
+        functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
+        after_cache=[span_corruption])

@@ -252,48 +252,54 @@ def sari(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]
     return {"sari": 100.0 * float(np.mean(scores)) if scores else 0.0}
 
 
+def f1_from_counts(tp: Any, fp: Any, fn: Any) -> Any:
+    """F1 = 2tp / (2tp + fp + fn) from (possibly weighted) counts; 0 when there is no true positive."""
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def _is_positive(targets: Sequence[Any], predictions: Sequence[Any],
+                 positive: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean arrays: which targets (first reference) and predictions are the `positive` label word."""
+    return (np.array([first_reference(x) == positive for x in targets]),
+            np.array([to_str(x).strip() == positive for x in predictions]))
+
+
+def _macro_f1(targets: Sequence[set], predictions: Sequence[set]) -> float:
+    """Unweighted mean over the labels in the targets of each label's F1, in percent (0 without labels)."""
+    f1s = []
+    for label in sorted(set().union(*targets)):
+        tp = sum(label in a and label in b for a, b in zip(targets, predictions))
+        fp = sum(label not in a and label in b for a, b in zip(targets, predictions))
+        fn = sum(label in a and label not in b for a, b in zip(targets, predictions))
+        f1s.append(f1_from_counts(tp, fp, fn))
+    return 100.0 * float(np.mean(f1s)) if f1s else 0.0
+
+
 def f1_binary(targets: Sequence[Any], predictions: Sequence[Any], *,
               positive: str = "True") -> dict[str, float]:
     """F1 of the `positive` label word (sklearn's binary f1_score), in percent."""
-    t = np.array([first_reference(x) == positive for x in targets])
-    p = np.array([to_str(x).strip() == positive for x in predictions])
+    t, p = _is_positive(targets, predictions, positive)
     tp, fp, fn = int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
-    return {"f1": 100.0 * (2 * tp / (2 * tp + fp + fn) if tp else 0.0)}
+    return {"f1": 100.0 * f1_from_counts(tp, fp, fn)}
 
 
 def f1_macro(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
     """Macro-averaged F1 over the label words present in the targets, in percent."""
-    t = [first_reference(x) for x in targets]
-    p = [to_str(x).strip() for x in predictions]
-    f1s = []
-    for label in sorted(set(t)):
-        tp = sum(a == label and b == label for a, b in zip(t, p))
-        fp = sum(a != label and b == label for a, b in zip(t, p))
-        fn = sum(a == label and b != label for a, b in zip(t, p))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"f1_macro": 100.0 * float(np.mean(f1s)) if f1s else 0.0}
+    return {"f1_macro": _macro_f1([{first_reference(x)} for x in targets],
+                                  [{to_str(x).strip()} for x in predictions])}
 
 
 def multilabel_f1_macro(targets: Sequence[Any], predictions: Sequence[Any], *,
                         sep: str = ",") -> dict[str, float]:
     """Macro F1 over labels of multi-label targets written as "a, b" (e.g. GoEmotions)."""
     split = lambda s: {x.strip() for x in to_str(s).split(sep) if x.strip()}  # noqa: E731
-    t = [split(first_reference(x)) for x in targets]
-    p = [split(x) for x in predictions]
-    f1s = []
-    for label in sorted(set().union(*t)) if t else []:
-        tp = sum(label in a and label in b for a, b in zip(t, p))
-        fp = sum(label not in a and label in b for a, b in zip(t, p))
-        fn = sum(label in a and label not in b for a, b in zip(t, p))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"f1_macro": 100.0 * float(np.mean(f1s)) if f1s else 0.0}
+    return {"f1_macro": _macro_f1([split(first_reference(x)) for x in targets], [split(x) for x in predictions])}
 
 
 def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any], *,
                       positive: str = "acceptable") -> dict[str, float]:
     """Matthews correlation (binary, `positive` label word), x100 as in T5's GLUE numbers."""
-    t = np.array([first_reference(x) == positive for x in targets])
-    p = np.array([to_str(x).strip() == positive for x in predictions])
+    t, p = _is_positive(targets, predictions, positive)
     tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
     fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
     denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
@@ -345,8 +351,8 @@ def auc(targets: Sequence[Any], predictions: Sequence[Any], *,
 
     Decoded text has no score, so this equals balanced accuracy; use rank-classification
     scores for a graded AUC."""
-    t = np.array([first_reference(x) == positive for x in targets])
-    s = np.array([float(to_str(x).strip() == positive) for x in predictions])
+    t, p = _is_positive(targets, predictions, positive)
+    s = p.astype(np.float64)
     n_pos, n_neg = int(t.sum()), int((~t).sum())
     if not n_pos or not n_neg:
         return {"auc": 0.0}

@@ -12,6 +12,7 @@ from typing import Callable
 
 import seqio
 
+from ext5.data import preprocessors as data_preprocessors
 from ext5.data import registry, task_metrics
 from ext5.tasks.c4 import output_features  # the vocabulary is shared with C4
 from ext5.tasks.exmix import formatting, sources
@@ -53,10 +54,7 @@ def postprocess_fn(row: Row) -> Callable:
 
 
 def preprocessors(row: Row) -> list:
-    return [functools.partial(formatting.format_row, row=row),
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim]
+    return data_preprocessors.task_preprocessors(functools.partial(formatting.format_row, row=row))
 
 
 def add_row_task(row: Row, *, vocabulary: str | None = None,

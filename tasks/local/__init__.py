@@ -108,35 +108,23 @@ def register() -> None:
         registry.add_task(
             name, origin=_ORIGIN, family=row["family"],
             source=_source(row["family"]),
-            preprocessors=[
+            preprocessors=preprocessors.task_preprocessors(
                 functools.partial(preprocessors.text_to_text, inputs_template=row["inputs"],
-                         targets_template=row["targets"],
-                         passthrough=row.get("passthrough", ())),
-                seqio.preprocessors.tokenize,
-                seqio.CacheDatasetPlaceholder(),
-                seqio.preprocessors.append_eos_after_trim,
-            ],
+                                  targets_template=row["targets"], passthrough=row.get("passthrough", ()))),
             output_features=features,
             postprocess_fn=row["postprocess"],
             metric_fns=row["metrics"])
     registry.add_task(
         SPAN_CORRUPTION_TASK, origin=_ORIGIN, family="span_corruption",
         source=_source("span_corruption"),
-        preprocessors=[
-            functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            preprocessors.span_corruption,  # random: after the cache point, fresh each epoch
-            seqio.preprocessors.append_eos_after_trim,
-        ],
+        preprocessors=preprocessors.span_corruption_preprocessors(),
         output_features=features,
         metric_fns=[])
     for name, row in LOCAL_SCORE_TASKS.items():
         registry.add_task(
             name, origin=_ORIGIN, family=row["family"],
             source=_source(row["family"]),
-            preprocessors=[_rank_preprocessor(row), seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                           seqio.preprocessors.append_eos_after_trim],
+            preprocessors=preprocessors.task_preprocessors(_rank_preprocessor(row)),
             output_features=features,
             postprocess_fn=rank_classification.postprocess,
             metric_fns=[rank_classification.metric_fn(num_classes=row["num_classes"])])

@@ -26,7 +26,7 @@ import os
 
 import seqio
 
-from ext5.data import prompts, registry, sources, task_metrics
+from ext5.data import preprocessors, prompts, registry, sources, task_metrics
 from ext5.data import vocab as vocab_lib
 from ext5.tasks.t0 import catalog, mixtures
 
@@ -45,11 +45,6 @@ _METRICS = {"Accuracy": task_metrics.accuracy, "ROUGE": task_metrics.rouge, "Squ
 def output_features(vocabulary: str | None = None) -> dict[str, seqio.Feature]:
     """T0's features: inputs without EOS, targets with EOS (as t-zero's tasks)."""
     return vocab_lib.output_features(vocab_lib.selected_vocabulary(vocabulary), inputs_eos=False)
-
-
-def _tail() -> list:
-    return [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim]
 
 
 def _source(task: catalog.PromptTask, source: str, config: str) -> seqio.DataSource:
@@ -76,14 +71,14 @@ def register_task(task: catalog.PromptTask, *, source: str,
     family = task.dataset.train_cluster or task.dataset.eval_cluster  # the task cluster, for `ext5 inspect`
     registry.add_task(
         task.name, origin=_ORIGIN, family=family, source=_source(task, source, task.name),
-        preprocessors=([prompts.from_p3] if p3 else []) + _tail(),
+        preprocessors=preprocessors.task_preprocessors(*([prompts.from_p3] if p3 else [])),
         output_features=features, postprocess_fn=task_metrics.postprocess_text,
         metric_fns=_metric_fns(task))
     if task.score_eval_name:
         registry.add_task(
             task.score_eval_name, origin=_ORIGIN, family=family,
             source=_source(task, source, task.score_eval_name),
-            preprocessors=[prompts.from_p3 if p3 else prompts.answer_choice_rows] + _tail(),
+            preprocessors=preprocessors.task_preprocessors(prompts.from_p3 if p3 else prompts.answer_choice_rows),
             output_features=features, postprocess_fn=rc.postprocess,
             metric_fns=[rc.metric_fn(num_classes=task.num_classes)])
 
