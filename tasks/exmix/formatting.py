@@ -36,14 +36,19 @@ def get_path(ex: Mapping[str, Any], path: str) -> Any:
     return node
 
 
+def _flat(value: Any) -> tf.Tensor:
+    """A (ragged) tensor's values as 1-D."""
+    if isinstance(value, tf.RaggedTensor):
+        value = value.flat_values
+    return tf.reshape(value, [-1])
+
+
 def text_list(value: Any) -> tf.Tensor:
     """Any feature value -> 1-D tf.string (lists flattened; bools as true/false)."""
     if isinstance(value, Mapping):  # a dict feature: its leaves in key order
         parts = [text_list(value[k]) for k in sorted(value)]
         return tf.concat(parts, axis=0) if parts else tf.constant([], tf.string)
-    if isinstance(value, tf.RaggedTensor):
-        value = value.flat_values
-    value = tf.reshape(value, [-1])
+    value = _flat(value)
     if value.dtype == tf.bool:
         return tf.where(value, "true", "false")
     if value.dtype != tf.string:
@@ -68,9 +73,7 @@ def _pick(options: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
 
 
 def _scalar(value: Any) -> tf.Tensor:
-    if isinstance(value, tf.RaggedTensor):
-        value = value.flat_values
-    value = tf.reshape(value, [-1])
+    value = _flat(value)
     return tf.cond(tf.size(value) > 0, lambda: value[0], lambda: tf.zeros([], value.dtype))
 
 
