@@ -12,8 +12,6 @@ gs://t5-data/vocabs/cc_all.32000.100extra). seqio loads it lazily: registering d
 """
 from __future__ import annotations
 
-import functools
-
 import seqio
 
 from ext5.data import preprocessors, registry
@@ -65,16 +63,7 @@ def register(vocabulary: str | None = None,
         TASK_NAME, origin=ORIGIN,
         source=source if source is not None else PreparedTfdsSource(
             tfds_name=TFDS_NAME, splits={"train": "train", "validation": "validation"}),
-        preprocessors=[
-            functools.partial(seqio.preprocessors.rekey,
-                              key_map={"inputs": None, "targets": "text"}),
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            functools.partial(preprocessors.span_corruption,
-                              noise_density=preprocessors.NOISE_DENSITY,
-                              mean_noise_span_length=preprocessors.MEAN_NOISE_SPAN_LENGTH),
-            seqio.preprocessors.append_eos_after_trim,
-        ],
+        preprocessors=preprocessors.span_corruption_preprocessors(),
         output_features=output_features(vocabulary),
         metric_fns=[])
 

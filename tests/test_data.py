@@ -12,7 +12,7 @@ import seqio
 import tensorflow as tf
 
 import ext5.tasks
-from ext5.data import metrics, packing, preprocessors
+from ext5.data import packing, preprocessors, task_metrics as metrics
 from ext5.data.pipeline import HostBatchIterator
 from ext5.data.vocab import get_vocabulary, local_spm_path, padded_vocab_size
 from ext5.tasks import local

@@ -17,13 +17,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np
 import pytest
 import seqio
+import t0_fixtures as fixtures
 
 import ext5.tasks  # noqa: F401  (registers everything)
 from ext5 import config
 from ext5.data import prompts, sources
 from ext5.eval import report
 from ext5.tasks import t0
-from ext5.tasks.t0 import catalog, fixtures
+from ext5.tasks.t0 import catalog
 
 CATALOG = os.path.join(os.path.dirname(catalog.__file__), "data")
 

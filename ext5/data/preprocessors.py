@@ -8,9 +8,9 @@ pretraining examples match T5's statistics.
 """
 from __future__ import annotations
 
-import re
+import functools
 import string
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import seqio
 import tensorflow as tf
@@ -18,32 +18,34 @@ import tensorflow as tf
 NOISE_DENSITY = 0.15
 MEAN_NOISE_SPAN_LENGTH = 3.0
 
-_FIELD = re.compile(r"\{(\w+)\}")
-
-
 # ============================================================================ formatting
-def render_template(template: str, ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
-    """Fills `{field}` slots of `template` with the example's string (or int) features."""
+FieldText = Callable[[Mapping[str, Any], str], tf.Tensor]
+
+
+def _feature_text(template: str, ex: Mapping[str, tf.Tensor], field: str) -> tf.Tensor:
+    """`ex[field]` as a string tensor (non-strings through tf.strings.as_string)."""
+    if field not in ex:
+        raise KeyError(f"template {template!r} needs feature {field!r}; example has {sorted(ex)}")
+    v = ex[field]
+    return v if v.dtype == tf.string else tf.strings.as_string(v)
+
+
+def render_template(template: str, ex: Mapping[str, Any],
+                    field_text: FieldText | None = None) -> tf.Tensor:
+    """Fills the `{field}` slots of `template` from the example: the one template renderer.
+
+    By default a slot reads the example's string (or int) feature of that name; `field_text(ex,
+    field)` replaces that lookup (ExMIX's follows dotted paths and joins lists).
+    """
     parts = []
     for literal, field, _, _ in string.Formatter().parse(template):
         if literal:
             parts.append(tf.constant(literal))
         if field:
-            if field not in ex:
-                raise KeyError(f"template {template!r} needs feature {field!r}; "
-                               f"example has {sorted(ex)}")
-            v = ex[field]
-            if v.dtype != tf.string:
-                v = tf.strings.as_string(v)
-            parts.append(v)
+            parts.append(field_text(ex, field) if field_text else _feature_text(template, ex, field))
     if not parts:
         return tf.constant("")
     return tf.strings.join(parts)
-
-
-def template_fields(template: str) -> list[str]:
-    """Names of the `{field}` slots in a template (for validation of catalogue rows)."""
-    return _FIELD.findall(template)
 
 
 @seqio.map_over_dataset
@@ -196,3 +198,18 @@ def _denoise(ex: Mapping[str, tf.Tensor], seeds, *, vocabulary: seqio.Vocabulary
                                          mean_noise_span_length)
     return {"inputs": noise_span_to_unique_sentinel(tokens, noise_mask, vocabulary),
             "targets": nonnoise_span_to_unique_sentinel(tokens, noise_mask, vocabulary)}
+
+
+# ============================================================================ task preprocessor lists
+def task_preprocessors(*formatting: Callable, after_cache: Sequence[Callable] = ()) -> list:
+    """A text task's seqio preprocessors: `formatting` (raw features -> "inputs"/"targets"), tokenize,
+    the cache point, `after_cache` (random steps, fresh each epoch), then EOS after trimming."""
+    return [*formatting, seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(), *after_cache,
+            seqio.preprocessors.append_eos_after_trim]
+
+
+def span_corruption_preprocessors() -> list:
+    """T5 span corruption of a "text" feature (C4, the local corpus), corrupted after the cache point."""
+    return task_preprocessors(
+        functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
+        after_cache=[span_corruption])

@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from ext5.data.preprocessors import render_template
+from ext5.data.task_metrics import f1_from_counts
 
 MODES = ("train", "eval", "fewshot_eval")
 Features = Mapping[str, tf.Tensor]
@@ -136,7 +137,7 @@ def _f1(gold: np.ndarray, pred: np.ndarray, w: np.ndarray, num_classes: int) -> 
         tp = np.sum(w * ((pred == c) & (gold == c)))
         fp = np.sum(w * ((pred == c) & (gold != c)))
         fn = np.sum(w * ((pred != c) & (gold == c)))
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+        f1s.append(f1_from_counts(tp, fp, fn))
     return 100.0 * float(np.mean(f1s))
 
 

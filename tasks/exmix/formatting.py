@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
+from ext5.data import preprocessors
 from ext5.tasks.exmix.catalog import Row
 
 LIST_SEPARATOR = " | "
@@ -35,14 +36,19 @@ def get_path(ex: Mapping[str, Any], path: str) -> Any:
     return node
 
 
+def _flat(value: Any) -> tf.Tensor:
+    """A (ragged) tensor's values as 1-D."""
+    if isinstance(value, tf.RaggedTensor):
+        value = value.flat_values
+    return tf.reshape(value, [-1])
+
+
 def text_list(value: Any) -> tf.Tensor:
     """Any feature value -> 1-D tf.string (lists flattened; bools as true/false)."""
     if isinstance(value, Mapping):  # a dict feature: its leaves in key order
         parts = [text_list(value[k]) for k in sorted(value)]
         return tf.concat(parts, axis=0) if parts else tf.constant([], tf.string)
-    if isinstance(value, tf.RaggedTensor):
-        value = value.flat_values
-    value = tf.reshape(value, [-1])
+    value = _flat(value)
     if value.dtype == tf.bool:
         return tf.where(value, "true", "false")
     if value.dtype != tf.string:
@@ -67,29 +73,21 @@ def _pick(options: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
 
 
 def _scalar(value: Any) -> tf.Tensor:
-    if isinstance(value, tf.RaggedTensor):
-        value = value.flat_values
-    value = tf.reshape(value, [-1])
+    value = _flat(value)
     return tf.cond(tf.size(value) > 0, lambda: value[0], lambda: tf.zeros([], value.dtype))
 
 
 # ============================================================================ targets
-def _template(template: str, ex: Mapping[str, Any]) -> tf.Tensor:
-    import string
-    parts = []
-    for literal, field, _, _ in string.Formatter().parse(template):
-        if literal:
-            parts.append(tf.constant(literal))
-        if field:
-            parts.append(text(get_path(ex, field)))
-    return tf.strings.join(parts) if parts else tf.constant("")
+def field_text(ex: Mapping[str, Any], path: str) -> tf.Tensor:
+    """A template slot's text: the feature at dotted `path` via `text` (lists joined by " | ")."""
+    return text(get_path(ex, path))
 
 
 def _choices(row: Row, ex: Mapping[str, Any]) -> tf.Tensor:
     paths = row.choices[:1] if row.target_map == "choice_key" else row.choices
     if len(paths) == 1:
         return text_list(get_path(ex, paths[0]))
-    return tf.stack([text(get_path(ex, p)) for p in paths])
+    return tf.stack([field_text(ex, p) for p in paths])
 
 
 def render_targets(row: Row, ex: Mapping[str, Any],
@@ -97,7 +95,7 @@ def render_targets(row: Row, ex: Mapping[str, Any],
     """(targets scalar string, references 1-D string) of one example."""
     m = row.target_map
     if "{" in row.targets:
-        t = _template(row.targets, ex)
+        t = preprocessors.render_template(row.targets, ex, field_text)
         return t, tf.reshape(t, [1])
     if m in ("choice", "choice1", "choice_letter", "choice_key"):
         options = _choices(row, ex)
@@ -236,7 +234,7 @@ def format_row(dataset: tf.data.Dataset, *, row: Row) -> tf.data.Dataset:
         if keep_refs:
             out["references"] = refs
         if keep_source:
-            out["source_text"] = text(get_path(ex, row.inputs[0]))
+            out["source_text"] = field_text(ex, row.inputs[0])
         return out
 
     return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
@@ -250,13 +248,13 @@ def postprocess(output: Any, example: Mapping[str, Any] | None = None, is_target
     Predictions -> stripped text (float for regression). Targets -> the label text / float, or
     for generation/span rows the list of all references ({"source", "references"} for SARI).
     """
-    from ext5.data import metrics
+    from ext5.data import task_metrics
     if numeric:
-        return metrics.postprocess_float(output)
+        return task_metrics.postprocess_float(output)
     if is_target and references and example is not None and "references" in example:
-        refs = metrics.references(example["references"])
+        refs = task_metrics.references(example["references"])
         if source and "source_text" in example:
-            return {"source": metrics._to_str(example["source_text"]), "references": refs}
+            return {"source": task_metrics.to_str(example["source_text"]), "references": refs}
         return refs
-    return metrics.postprocess_text(output)
+    return task_metrics.postprocess_text(output)
 

@@ -12,7 +12,8 @@ from typing import Callable
 
 import seqio
 
-from ext5.data import metrics, registry
+from ext5.data import preprocessors as data_preprocessors
+from ext5.data import registry, task_metrics
 from ext5.tasks.c4 import output_features  # the vocabulary is shared with C4
 from ext5.tasks.exmix import formatting, sources
 from ext5.tasks.exmix.catalog import Row, load_catalog
@@ -26,23 +27,23 @@ def metric_fns(row: Row) -> list[Callable]:
     label = row.is_label_task
     table: dict[str, Callable] = {
         # Free-text rows score "accuracy" as exact match against any reference.
-        "accuracy": metrics.accuracy if label else metrics.exact_match,
-        "auc": functools.partial(metrics.auc, positive=positive),
-        "bleu": metrics.bleu,
-        "exact_match": metrics.exact_match,
-        "f1": (functools.partial(metrics.f1_binary, positive=positive) if label
-               else metrics.token_f1),
-        "f1_macro": metrics.f1_macro,
-        "f1_macro_multilabel": metrics.multilabel_f1_macro,
-        "f1_squad": metrics.squad,
-        "f1a": functools.partial(metrics.f1_binary, positive=positive),
-        "joint_goal_accuracy": metrics.joint_goal_accuracy,
-        "matthews_corrcoef": functools.partial(metrics.matthews_corrcoef, positive=positive),
-        "meteor": metrics.meteor,
-        "pearson": metrics.pearson,
-        "rouge": metrics.rouge_first_reference,
-        "sari": metrics.sari,
-        "spearman": metrics.spearman,
+        "accuracy": task_metrics.accuracy if label else task_metrics.exact_match,
+        "auc": functools.partial(task_metrics.auc, positive=positive),
+        "bleu": task_metrics.bleu,
+        "exact_match": task_metrics.exact_match,
+        "f1": (functools.partial(task_metrics.f1_binary, positive=positive) if label
+               else task_metrics.token_f1),
+        "f1_macro": task_metrics.f1_macro,
+        "f1_macro_multilabel": task_metrics.multilabel_f1_macro,
+        "f1_squad": task_metrics.squad,
+        "f1a": functools.partial(task_metrics.f1_binary, positive=positive),
+        "joint_goal_accuracy": task_metrics.joint_goal_accuracy,
+        "matthews_corrcoef": functools.partial(task_metrics.matthews_corrcoef, positive=positive),
+        "meteor": task_metrics.meteor,
+        "pearson": task_metrics.pearson,
+        "rouge": task_metrics.rouge_first_reference,
+        "sari": task_metrics.sari,
+        "spearman": task_metrics.spearman,
     }
     return [table[m] for m in row.metrics]
 
@@ -53,10 +54,7 @@ def postprocess_fn(row: Row) -> Callable:
 
 
 def preprocessors(row: Row) -> list:
-    return [functools.partial(formatting.format_row, row=row),
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim]
+    return data_preprocessors.task_preprocessors(functools.partial(formatting.format_row, row=row))
 
 
 def add_row_task(row: Row, *, vocabulary: str | None = None,

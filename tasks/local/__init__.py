@@ -26,7 +26,7 @@ import functools
 import seqio
 import tensorflow as tf
 
-from ext5.data import metrics, preprocessors, rank_classification, registry
+from ext5.data import preprocessors, rank_classification, registry, task_metrics
 from ext5.data import vocab as vocab_lib
 from ext5.tasks.local import generate
 
@@ -63,21 +63,21 @@ def _source(family: str) -> seqio.FunctionDataSource:
 # One row per text-to-text task: generated family, templates, postprocessor, metrics.
 LOCAL_TASKS: dict[str, dict] = {
     "local_summarize": dict(family="summarize", inputs="summarize: {document}",
-                            targets="{summary}", postprocess=metrics.postprocess_text,
-                            metrics=[metrics.rouge]),
+                            targets="{summary}", postprocess=task_metrics.postprocess_text,
+                            metrics=[task_metrics.rouge]),
     "local_nli": dict(family="nli", inputs="nli premise: {premise} hypothesis: {hypothesis}",
-                      targets="{label}", postprocess=metrics.postprocess_text,
-                      metrics=[metrics.accuracy]),
+                      targets="{label}", postprocess=task_metrics.postprocess_text,
+                      metrics=[task_metrics.accuracy]),
     "local_scan": dict(family="scan", inputs="scan: {command}", targets="{actions}",
-                       postprocess=metrics.postprocess_text,
-                       metrics=[metrics.sequence_accuracy]),
+                       postprocess=task_metrics.postprocess_text,
+                       metrics=[task_metrics.sequence_accuracy]),
     "local_cbqa": dict(family="cbqa", inputs="question: {question}", targets="{answer}",
-                       postprocess=metrics.postprocess_text, metrics=[metrics.squad]),
+                       postprocess=task_metrics.postprocess_text, metrics=[task_metrics.squad]),
     "local_rc": dict(family="rc", inputs="question: {question} context: {context}",
                      targets="{answer}", passthrough=("answers",),
-                     postprocess=metrics.postprocess_squad, metrics=[metrics.squad]),
+                     postprocess=task_metrics.postprocess_squad, metrics=[task_metrics.squad]),
     "local_classify": dict(family="classify", inputs="{kind}: {text}", targets="{label}",
-                           postprocess=metrics.postprocess_text, metrics=[metrics.accuracy]),
+                           postprocess=task_metrics.postprocess_text, metrics=[task_metrics.accuracy]),
 }
 # One row per rank-classification task: family, input template, answer choices, label field, classes for F1.
 LOCAL_SCORE_TASKS: dict[str, dict] = {
@@ -108,35 +108,23 @@ def register() -> None:
         registry.add_task(
             name, origin=_ORIGIN, family=row["family"],
             source=_source(row["family"]),
-            preprocessors=[
+            preprocessors=preprocessors.task_preprocessors(
                 functools.partial(preprocessors.text_to_text, inputs_template=row["inputs"],
-                         targets_template=row["targets"],
-                         passthrough=row.get("passthrough", ())),
-                seqio.preprocessors.tokenize,
-                seqio.CacheDatasetPlaceholder(),
-                seqio.preprocessors.append_eos_after_trim,
-            ],
+                                  targets_template=row["targets"], passthrough=row.get("passthrough", ()))),
             output_features=features,
             postprocess_fn=row["postprocess"],
             metric_fns=row["metrics"])
     registry.add_task(
         SPAN_CORRUPTION_TASK, origin=_ORIGIN, family="span_corruption",
         source=_source("span_corruption"),
-        preprocessors=[
-            functools.partial(seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}),
-            seqio.preprocessors.tokenize,
-            seqio.CacheDatasetPlaceholder(),
-            preprocessors.span_corruption,  # random: after the cache point, fresh each epoch
-            seqio.preprocessors.append_eos_after_trim,
-        ],
+        preprocessors=preprocessors.span_corruption_preprocessors(),
         output_features=features,
         metric_fns=[])
     for name, row in LOCAL_SCORE_TASKS.items():
         registry.add_task(
             name, origin=_ORIGIN, family=row["family"],
             source=_source(row["family"]),
-            preprocessors=[_rank_preprocessor(row), seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-                           seqio.preprocessors.append_eos_after_trim],
+            preprocessors=preprocessors.task_preprocessors(_rank_preprocessor(row)),
             output_features=features,
             postprocess_fn=rank_classification.postprocess,
             metric_fns=[rank_classification.metric_fn(num_classes=row["num_classes"])])

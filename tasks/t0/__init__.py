@@ -26,7 +26,7 @@ import os
 
 import seqio
 
-from ext5.data import metrics, prompts, registry, sources
+from ext5.data import preprocessors, prompts, registry, sources, task_metrics
 from ext5.data import vocab as vocab_lib
 from ext5.tasks.t0 import catalog, mixtures
 
@@ -35,21 +35,16 @@ SOURCES = ("promptsource", "p3")
 SOURCE_ENV = "EXT5_T0_SOURCE"
 
 # promptsource metadata metric -> ext5 metric, for generative evaluation of the training tasks (T0 itself
-# scored only the held-out tasks, by rank classification). ext5.data.metrics has no BLEU (ROUGE stands
-# in) and its squad metric needs a list of references (a prompt's target is one string: exact match).
+# scored only the held-out tasks, by rank classification). BLEU templates are scored by ROUGE here, and
+# task_metrics.squad needs a list of references (a prompt's target is one string: exact match).
 # Unlisted metrics fall back to accuracy.
-_METRICS = {"Accuracy": metrics.accuracy, "ROUGE": metrics.rouge, "Squad": metrics.accuracy,
-            "Sequence Accuracy": metrics.sequence_accuracy, "BLEU": metrics.rouge}
+_METRICS = {"Accuracy": task_metrics.accuracy, "ROUGE": task_metrics.rouge, "Squad": task_metrics.accuracy,
+            "Sequence Accuracy": task_metrics.sequence_accuracy, "BLEU": task_metrics.rouge}
 
 
 def output_features(vocabulary: str | None = None) -> dict[str, seqio.Feature]:
     """T0's features: inputs without EOS, targets with EOS (as t-zero's tasks)."""
     return vocab_lib.output_features(vocab_lib.selected_vocabulary(vocabulary), inputs_eos=False)
-
-
-def _tail() -> list:
-    return [seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim]
 
 
 def _source(task: catalog.PromptTask, source: str, config: str) -> seqio.DataSource:
@@ -63,7 +58,7 @@ def _source(task: catalog.PromptTask, source: str, config: str) -> seqio.DataSou
 
 
 def _metric_fns(task: catalog.PromptTask) -> list:
-    fns = {_METRICS.get(m, metrics.accuracy) for m in task.metrics} or {metrics.accuracy}
+    fns = {_METRICS.get(m, task_metrics.accuracy) for m in task.metrics} or {task_metrics.accuracy}
     return sorted(fns, key=lambda f: f.__name__)
 
 
@@ -76,14 +71,14 @@ def register_task(task: catalog.PromptTask, *, source: str,
     family = task.dataset.train_cluster or task.dataset.eval_cluster  # the task cluster, for `ext5 inspect`
     registry.add_task(
         task.name, origin=_ORIGIN, family=family, source=_source(task, source, task.name),
-        preprocessors=([prompts.from_p3] if p3 else []) + _tail(),
-        output_features=features, postprocess_fn=metrics.postprocess_text,
+        preprocessors=preprocessors.task_preprocessors(*([prompts.from_p3] if p3 else [])),
+        output_features=features, postprocess_fn=task_metrics.postprocess_text,
         metric_fns=_metric_fns(task))
     if task.score_eval_name:
         registry.add_task(
             task.score_eval_name, origin=_ORIGIN, family=family,
             source=_source(task, source, task.score_eval_name),
-            preprocessors=[prompts.from_p3 if p3 else prompts.answer_choice_rows] + _tail(),
+            preprocessors=preprocessors.task_preprocessors(prompts.from_p3 if p3 else prompts.answer_choice_rows),
             output_features=features, postprocess_fn=rc.postprocess,
             metric_fns=[rc.metric_fn(num_classes=task.num_classes)])
 

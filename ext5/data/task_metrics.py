@@ -1,8 +1,9 @@
-"""seqio metric functions and postprocessors (t5.evaluation is not a dependency).
+"""Task metrics: seqio metric functions and postprocessors (t5.evaluation is not a dependency).
 
 Each metric is `fn(targets, predictions) -> {name: value}` on a 0-100 scale, as in
 t5.evaluation.metrics, so seqio.Evaluator can call them and numbers are comparable with
-published T5 results. Only numpy and the standard library are used.
+published T5 results. Only numpy and the standard library are used. (Writing metrics to TensorBoard
+and JSONL is ext5.train.metrics.)
 """
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ import numpy as np
 _PUNCT = frozenset(string.punctuation)
 
 
-def _to_str(x: Any) -> str:
+def to_str(x: Any) -> str:
+    """A decoded str of bytes (numpy/TF outputs) or of any other value."""
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
 def normalize_squad(text: str) -> str:
     """SQuAD v1.1 normalisation: lowercase, drop punctuation, articles and extra whitespace."""
-    text = _to_str(text).lower()
+    text = to_str(text).lower()
     text = "".join(ch for ch in text if ch not in _PUNCT)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
@@ -55,7 +57,7 @@ def sequence_accuracy(targets: Sequence[str], predictions: Sequence[str]) -> dic
     if not targets:
         return {"sequence_accuracy": 0.0}
     return {"sequence_accuracy": 100.0 * float(np.mean(
-        [_to_str(t).strip() == _to_str(p).strip() for t, p in zip(targets, predictions)]))}
+        [to_str(t).strip() == to_str(p).strip() for t, p in zip(targets, predictions)]))}
 
 
 def squad(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
@@ -95,7 +97,7 @@ def _f(overlap: float, n_pred: int, n_ref: int) -> float:
 
 def _rouge_tokens(text: str) -> list[str]:
     # rouge_score's default tokenizer: lowercase, non-alphanumerics are separators.
-    return re.sub(r"[^a-z0-9]+", " ", _to_str(text).lower()).split()
+    return re.sub(r"[^a-z0-9]+", " ", to_str(text).lower()).split()
 
 
 def rouge(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
@@ -117,15 +119,15 @@ def postprocess_text(output: Any, example: Mapping[str, Any] | None = None,
                      is_target: bool = False) -> str:
     """Decoded text -> stripped str."""
     del example, is_target
-    return _to_str(output).strip()
+    return to_str(output).strip()
 
 
 def postprocess_squad(output: Any, example: Mapping[str, Any] | None = None,
                       is_target: bool = False) -> Any:
     """Predictions -> stripped str; targets -> the example's list of reference answers."""
     if is_target and example is not None and "answers" in example:
-        return [_to_str(a) for a in np.asarray(example["answers"]).reshape(-1)]
-    return _to_str(output).strip()
+        return [to_str(a) for a in np.asarray(example["answers"]).reshape(-1)]
+    return to_str(output).strip()
 
 
 # ============================================================================ ExMIX additions
@@ -137,8 +139,8 @@ def references(target: Any) -> list[str]:
     if isinstance(target, Mapping):
         target = target.get("references", [])
     if isinstance(target, (str, bytes)):
-        return [_to_str(target)]
-    refs = [_to_str(t) for t in np.asarray(target, dtype=object).reshape(-1)]
+        return [to_str(target)]
+    refs = [to_str(t) for t in np.asarray(target, dtype=object).reshape(-1)]
     return refs or [""]
 
 
@@ -167,12 +169,12 @@ def token_f1(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, fl
 
 def rouge_first_reference(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
     """`rouge` against each example's first reference (as T5 scores multi-reference sets)."""
-    return rouge([first_reference(t) for t in targets], [_to_str(p) for p in predictions])
+    return rouge([first_reference(t) for t in targets], [to_str(p) for p in predictions])
 
 
 def _bleu_tokens(text: str) -> list[str]:
     # sacrebleu's 13a tokeniser, simplified: punctuation split off, case kept.
-    text = re.sub(r"([^\w\s])", r" \1 ", _to_str(text))
+    text = re.sub(r"([^\w\s])", r" \1 ", to_str(text))
     return text.split()
 
 
@@ -241,8 +243,8 @@ def sari(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]
     undefined and the example counts as source = prediction."""
     scores = []
     for t, pred in zip(targets, predictions):
-        src = _to_str(t.get("source", pred)) if isinstance(t, Mapping) else _to_str(pred)
-        toks = lambda x: _to_str(x).lower().split()  # noqa: E731
+        src = to_str(t.get("source", pred)) if isinstance(t, Mapping) else to_str(pred)
+        toks = lambda x: to_str(x).lower().split()  # noqa: E731
         refs = [toks(r) for r in references(t)]
         parts = [_sari_ngram(toks(src), toks(pred), refs, n) for n in range(1, 5)]
         add, keep, dele = (float(np.mean([q[i] for q in parts])) for i in range(3))
@@ -250,48 +252,54 @@ def sari(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]
     return {"sari": 100.0 * float(np.mean(scores)) if scores else 0.0}
 
 
+def f1_from_counts(tp: Any, fp: Any, fn: Any) -> Any:
+    """F1 = 2tp / (2tp + fp + fn) from (possibly weighted) counts; 0 when there is no true positive."""
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def _is_positive(targets: Sequence[Any], predictions: Sequence[Any],
+                 positive: str) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean arrays: which targets (first reference) and predictions are the `positive` label word."""
+    return (np.array([first_reference(x) == positive for x in targets]),
+            np.array([to_str(x).strip() == positive for x in predictions]))
+
+
+def _macro_f1(targets: Sequence[set], predictions: Sequence[set]) -> float:
+    """Unweighted mean over the labels in the targets of each label's F1, in percent (0 without labels)."""
+    f1s = []
+    for label in sorted(set().union(*targets)):
+        tp = sum(label in a and label in b for a, b in zip(targets, predictions))
+        fp = sum(label not in a and label in b for a, b in zip(targets, predictions))
+        fn = sum(label in a and label not in b for a, b in zip(targets, predictions))
+        f1s.append(f1_from_counts(tp, fp, fn))
+    return 100.0 * float(np.mean(f1s)) if f1s else 0.0
+
+
 def f1_binary(targets: Sequence[Any], predictions: Sequence[Any], *,
               positive: str = "True") -> dict[str, float]:
     """F1 of the `positive` label word (sklearn's binary f1_score), in percent."""
-    t = np.array([first_reference(x) == positive for x in targets])
-    p = np.array([_to_str(x).strip() == positive for x in predictions])
+    t, p = _is_positive(targets, predictions, positive)
     tp, fp, fn = int(np.sum(t & p)), int(np.sum(~t & p)), int(np.sum(t & ~p))
-    return {"f1": 100.0 * (2 * tp / (2 * tp + fp + fn) if tp else 0.0)}
+    return {"f1": 100.0 * f1_from_counts(tp, fp, fn)}
 
 
 def f1_macro(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
     """Macro-averaged F1 over the label words present in the targets, in percent."""
-    t = [first_reference(x) for x in targets]
-    p = [_to_str(x).strip() for x in predictions]
-    f1s = []
-    for label in sorted(set(t)):
-        tp = sum(a == label and b == label for a, b in zip(t, p))
-        fp = sum(a != label and b == label for a, b in zip(t, p))
-        fn = sum(a == label and b != label for a, b in zip(t, p))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"f1_macro": 100.0 * float(np.mean(f1s)) if f1s else 0.0}
+    return {"f1_macro": _macro_f1([{first_reference(x)} for x in targets],
+                                  [{to_str(x).strip()} for x in predictions])}
 
 
 def multilabel_f1_macro(targets: Sequence[Any], predictions: Sequence[Any], *,
                         sep: str = ",") -> dict[str, float]:
     """Macro F1 over labels of multi-label targets written as "a, b" (e.g. GoEmotions)."""
-    split = lambda s: {x.strip() for x in _to_str(s).split(sep) if x.strip()}  # noqa: E731
-    t = [split(first_reference(x)) for x in targets]
-    p = [split(x) for x in predictions]
-    f1s = []
-    for label in sorted(set().union(*t)) if t else []:
-        tp = sum(label in a and label in b for a, b in zip(t, p))
-        fp = sum(label not in a and label in b for a, b in zip(t, p))
-        fn = sum(label in a and label not in b for a, b in zip(t, p))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-    return {"f1_macro": 100.0 * float(np.mean(f1s)) if f1s else 0.0}
+    split = lambda s: {x.strip() for x in to_str(s).split(sep) if x.strip()}  # noqa: E731
+    return {"f1_macro": _macro_f1([split(first_reference(x)) for x in targets], [split(x) for x in predictions])}
 
 
 def matthews_corrcoef(targets: Sequence[Any], predictions: Sequence[Any], *,
                       positive: str = "acceptable") -> dict[str, float]:
     """Matthews correlation (binary, `positive` label word), x100 as in T5's GLUE numbers."""
-    t = np.array([first_reference(x) == positive for x in targets])
-    p = np.array([_to_str(x).strip() == positive for x in predictions])
+    t, p = _is_positive(targets, predictions, positive)
     tp, tn = float(np.sum(t & p)), float(np.sum(~t & ~p))
     fp, fn = float(np.sum(~t & p)), float(np.sum(t & ~p))
     denom = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
@@ -343,8 +351,8 @@ def auc(targets: Sequence[Any], predictions: Sequence[Any], *,
 
     Decoded text has no score, so this equals balanced accuracy; use rank-classification
     scores for a graded AUC."""
-    t = np.array([first_reference(x) == positive for x in targets])
-    s = np.array([float(_to_str(x).strip() == positive) for x in predictions])
+    t, p = _is_positive(targets, predictions, positive)
+    s = p.astype(np.float64)
     n_pos, n_neg = int(t.sum()), int((~t).sum())
     if not n_pos or not n_neg:
         return {"auc": 0.0}
@@ -357,7 +365,7 @@ def meteor(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, floa
     gamma 0.5), max over references, x100. A lower bound of NLTK's meteor_score."""
     scores = []
     for t, p in zip(targets, predictions):
-        hyp = _to_str(p).lower().split()
+        hyp = to_str(p).lower().split()
         best = 0.0
         for ref in (r.lower().split() for r in references(t)):
             used, align = set(), []
@@ -379,7 +387,7 @@ def meteor(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, floa
 
 def joint_goal_accuracy(targets: Sequence[Any], predictions: Sequence[Any]) -> dict[str, float]:
     """Dialogue state tracking: the predicted "slot=value, ..." set equals the target set."""
-    as_set = lambda s: {x.strip().lower() for x in _to_str(s).split(",") if x.strip()}  # noqa: E731
+    as_set = lambda s: {x.strip().lower() for x in to_str(s).split(",") if x.strip()}  # noqa: E731
     hits = [as_set(first_reference(t)) == as_set(p) for t, p in zip(targets, predictions)]
     return {"joint_goal_accuracy": 100.0 * float(np.mean(hits)) if hits else 0.0}
 
@@ -389,6 +397,6 @@ def postprocess_float(output: Any, example: Mapping[str, Any] | None = None,
     """Decoded number -> float (NaN when the model wrote no number), as T5's string_to_float."""
     del example, is_target
     try:
-        return float(_to_str(output).strip())
+        return float(to_str(output).strip())
     except ValueError:
         return float("nan")

@@ -1,4 +1,4 @@
-"""Synthetic rows for promptsource templates, generated from what the templates reference.
+"""Test fixtures: synthetic rows for promptsource templates, generated from what the templates reference.
 
 `fixture_row(jinja_sources)` walks the Jinja syntax trees of all templates of one dataset (prompt and
 answer-choices expressions), collects the variables they read (jinja2.meta.find_undeclared_variables)
@@ -14,7 +14,7 @@ and infers each one's shape from how it is used:
 
 and builds one row with those shapes: strings are a short two-sentence text, ints 0, lists 4 items. This
 is enough for every template of the T0 catalog to render (tests/test_t0.py), without hand-writing a row
-per dataset; it is also a quick way to preview a template offline.
+per dataset.
 """
 from __future__ import annotations
 
