@@ -25,11 +25,6 @@ from ext5.train import partitioning
 
 Batch = Mapping[str, jax.Array]
 
-# t5x's SpecialLossNormalizingFactor names.
-NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
-AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
-
-
 @contextlib.contextmanager
 def mesh_rules(mesh: Mesh, rules: list):
     """Trace under `mesh` and the logical-axis `rules`.
@@ -56,35 +51,6 @@ def model_inputs(batch: Batch) -> dict[str, Any]:
     """The Transformer keyword arguments present in a (packed or unpacked) batch."""
     keys = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")
     return {k: batch[k] for k in keys if k in batch}
-
-
-def loss_weights_and_normalizer(batch: Batch, loss_normalizing_factor: float | str | None
-                                ) -> tuple[jax.Array, jax.Array]:
-    """Per-token loss weights and the divisor of the summed loss, as t5x's
-    `get_loss_normalizing_factor_and_weights` computes them, on the *whole* batch.
-
-    Computing both before microbatching is what makes gradient accumulation equal the full batch.
-    """
-    weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
-    if loss_normalizing_factor is None:
-        return weights, jnp.float32(1.0)
-    if isinstance(loss_normalizing_factor, (int, float)):
-        return weights, jnp.float32(loss_normalizing_factor)
-    if loss_normalizing_factor == NUM_REAL_TARGET_TOKENS:
-        return weights, jnp.maximum(jnp.sum(weights), 1.0)
-    if loss_normalizing_factor == AVERAGE_PER_SEQUENCE:
-        seg = batch.get("decoder_segment_ids")
-        if seg is None:
-            per_row = jnp.sum(weights, axis=-1, keepdims=True)
-            weights = weights / jnp.maximum(per_row, 1.0)
-        else:
-            # Each token's weight is 1 / (real tokens in its segment), so every sequence sums to 1.
-            same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-            counts = jnp.einsum("bqk,bk->bq", same.astype(jnp.float32), weights)
-            weights = jnp.where(weights > 0, weights / jnp.maximum(counts, 1.0), 0.0)
-        return weights, jnp.maximum(jnp.sum(weights), 1.0)
-    raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use None (sum), a number, "
-                     f"'{NUM_REAL_TARGET_TOKENS}' or '{AVERAGE_PER_SEQUENCE}'")
 
 
 @dataclasses.dataclass
@@ -184,20 +150,21 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
     enable_dropout = cfg.dropout_rate > 0
     data_sh = NamedSharding(mesh, P("data"))
 
-    def loss_and_aux(params, batch, weights, normalizer, rng):
+    def loss_and_aux(params, batch, loss_weights, normalizer, rng):
         logits = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                              batch["decoder_target_tokens"], enable_dropout=enable_dropout,
                              rngs={"dropout": rng}, **model_inputs(batch))
-        loss_sum, aux = losses.compute_loss(logits, batch["decoder_target_tokens"], weights, z_loss=z_loss,
-                                            loss_normalizing_factor=None)
-        aux = dict(aux)
+        loss_sum, aux = losses.loss_sums(logits, batch["decoder_target_tokens"], loss_weights,
+                                         batch["decoder_loss_weights"], z_loss=z_loss)
         return loss_sum / normalizer, aux
 
     grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_rng, state.step)
-        weights, normalizer = loss_weights_and_normalizer(batch, loss_normalizing_factor)
+        # Loss weights and normaliser of the *whole* batch (microbatches then sum to the full-batch loss).
+        weights, normalizer = losses.loss_weights_and_normalizer(
+            batch["decoder_loss_weights"], loss_normalizing_factor, segment_ids=batch.get("decoder_segment_ids"))
         batch = dict(batch)
         # Plain counts for logging (accuracy per real token), independent of the loss weighting.
         real = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
@@ -228,7 +195,7 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
         metrics = {
             "loss": loss,
             "loss_sum": aux["loss_sum"], "z_loss_sum": aux["z_loss_sum"], "correct_sum": aux["correct_sum"],
-            "weight_sum": aux["weight_sum"], "num_sequences": aux["num_sequences"],
+            "weight_sum": aux["weight_sum"],
             "nonpadding_tokens": jnp.sum(real) + jnp.sum((batch["encoder_input_tokens"] > 0).astype(jnp.float32)),
             "grad_norm": optax.tree.norm(grads),
         }
