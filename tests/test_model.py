@@ -134,7 +134,8 @@ def plain_grads(params, packed_case):
     return jax.jit(jax.value_and_grad(lambda p: _loss_fn(CFG, p, packed_case[1])))(params)
 
 
-@pytest.mark.parametrize("policy,scan", [("full", False), ("minimal", False), ("full", True)])
+@pytest.mark.parametrize("policy,scan", [("full", False), ("minimal", False), ("full", True),
+                                         ("save_dot_except_mlp", True)])
 def test_remat_matches_plain(params, packed_case, plain_grads, policy, scan):
     _, packed = packed_case
     ref_loss, ref_grads = plain_grads

@@ -35,17 +35,21 @@ def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float) -> t
     return (log_z - target_logit) + z, z
 
 
-def _sequence_fractions(weights: Array, segment_ids: Array | None) -> Array:
-    """Weights scaled so that each sequence's sum to 1 (sequences: (row, segment id), else rows)."""
+def _sequence_fractions(weights: Array, segment_ids: Array | None) -> tuple[Array, Array]:
+    """(weights scaled so that each sequence's sum to 1, exact number of sequences with any weight);
+    sequences are (row, segment id) pairs with `segment_ids`, else rows. The count equals the fractions'
+    sum, without its rounding."""
     if segment_ids is None:
-        totals = jnp.sum(weights, axis=-1, keepdims=True) * jnp.ones_like(weights)
+        row_totals = jnp.sum(weights, axis=-1, keepdims=True)
+        totals, count = row_totals * jnp.ones_like(weights), jnp.sum(row_totals > 0)
     else:
         batch, length = weights.shape
         ids = jnp.arange(batch, dtype=jnp.int32)[:, None] * (length + 1) + segment_ids.astype(jnp.int32)
         seg_totals = jax.ops.segment_sum(weights.reshape(-1), ids.reshape(-1),
                                          num_segments=batch * (length + 1))
-        totals = seg_totals[ids]
-    return jnp.where(totals > 0, weights / jnp.where(totals > 0, totals, 1.0), 0.0)
+        totals, count = seg_totals[ids], jnp.sum(seg_totals > 0)
+    frac = jnp.where(totals > 0, weights / jnp.where(totals > 0, totals, 1.0), 0.0)
+    return frac, count.astype(jnp.float32)
 
 
 def loss_weights_and_normalizer(weights: Array, loss_normalizing_factor: float | str | None, *,
@@ -68,8 +72,8 @@ def loss_weights_and_normalizer(weights: Array, loss_normalizing_factor: float |
     if name == "NUM_TOTAL_TARGET_TOKENS":
         return weights, jnp.float32(weights.size)
     if name == "AVERAGE_PER_SEQUENCE":
-        frac = _sequence_fractions(weights, segment_ids)
-        return frac, nonzero(jnp.sum(frac))
+        frac, count = _sequence_fractions(weights, segment_ids)
+        return frac, nonzero(count)
     raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use None (sum), a number, "
                      f"or one of {SPECIAL_NORMALIZERS}")
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from ext5.model.configs import T5Config
 
@@ -96,18 +97,42 @@ _gather_weight.defvjp(_gather_weight_fwd, _gather_weight_bwd)
 
 
 def _remat_policy(name: str):
+    """The jax.checkpoint policy of `T5Config.remat_policy` (see configs.REMAT_POLICIES for what each saves)."""
     if name == "full":
         return jax.checkpoint_policies.nothing_saveable
     if name == "minimal":
         # Save the outputs of the dense projections (dots without batch dims); recompute attention
         # einsums and elementwise work in the backward pass.
         return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    if name == "dots":
+        # Every matmul output, the attention einsums included (most memory, least recompute).
+        return jax.checkpoint_policies.checkpoint_dots
+    if name == "save_dot_except_mlp":
+        # Attention projections only: the MLP (whose [batch, length, mlp] hidden is the biggest activation)
+        # and the attention einsums are recomputed.
+        return jax.checkpoint_policies.save_only_these_names(*_ATTENTION_PROJECTIONS)
     return None
+
+
+# Names the attention projections' outputs carry (jax.ad_checkpoint.checkpoint_name) for remat policies.
+_ATTENTION_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------
+# Logical names of the dims a joined 2-D kernel axis splits into at use.
+_SPLIT_AXES = {"joined_kv": ("heads", "kv")}
+
+
+def _split_axes(name: str, ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of `ndim` dims that the 2-D kernel axis `name` is reshaped into."""
+    if ndim == 1:
+        return (name,)
+    split = _SPLIT_AXES.get(name)
+    return split if split is not None and len(split) == ndim else (None,) * ndim
+
+
 class DenseGeneral(nn.Module):
     """Bias-free dense layer over `axis` with a 2-D float32 kernel [prod(in), prod(features)] (t5x)."""
 
@@ -129,8 +154,11 @@ class DenseGeneral(nn.Module):
             (int(np.prod(in_shape)), int(np.prod(features))),
             jnp.float32,
         )
-        kernel = _weight_in_use(jnp.asarray(kernel, self.dtype), self.kernel_axes)
-        kernel = kernel.reshape(in_shape + features)
+        kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+        # Constrained in its n-d shape, so the gradient's reduce-scatter needs no reshape in between.
+        if self.kernel_axes:
+            kernel = _weight_in_use(kernel, _split_axes(self.kernel_axes[0], len(in_shape))
+                                    + _split_axes(self.kernel_axes[1], len(features)))
         inputs = jnp.asarray(inputs, self.dtype)
         return lax.dot_general(inputs, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
 
@@ -257,8 +285,8 @@ class MultiHeadDotProductAttention(nn.Module):
         if kv is None:
             key = projection(kernel_init=_attention_kernel_init, name="key")(inputs_kv)
             value = projection(kernel_init=_attention_kernel_init, name="value")(inputs_kv)
-            key = _constrain(key, ("batch", "length", "heads", "kv"))
-            value = _constrain(value, ("batch", "length", "heads", "kv"))
+            key = checkpoint_name(_constrain(key, ("batch", "length", "heads", "kv")), "key_proj")
+            value = checkpoint_name(_constrain(value, ("batch", "length", "heads", "kv")), "value_proj")
             if kv_only:
                 return key, value
         else:
@@ -267,7 +295,7 @@ class MultiHeadDotProductAttention(nn.Module):
                                  "self-attention keys/values instead")
             key, value = (jnp.asarray(t, self.dtype) for t in kv)
         query = projection(kernel_init=query_init, name="query")(inputs_q)
-        query = _constrain(query, ("batch", "length", "heads", "kv"))
+        query = checkpoint_name(_constrain(query, ("batch", "length", "heads", "kv")), "query_proj")
 
         if decode:
             is_initialized = self.has_variable("cache", "cached_key")
@@ -313,7 +341,7 @@ class MultiHeadDotProductAttention(nn.Module):
         out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
                            kernel_init=_attention_kernel_init, kernel_axes=("joined_kv", "embed"),
                            name="out")(x)
-        return out
+        return checkpoint_name(out, "out_proj")
 
 
 class MlpBlock(nn.Module):
