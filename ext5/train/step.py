@@ -33,7 +33,12 @@ def mesh_rules(mesh: Mesh, rules: list):
     an abstract mesh in context `nn.with_logical_constraint` is silently a no-op, and FSDP's parameter
     sharding then leaks into the activations (XLA gathers them over the global batch).
     """
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(jax.set_mesh(mesh))
+        except ValueError:  # already inside a trace (e.g. jax.eval_shape(fns.init)): the caller's mesh holds
+            stack.enter_context(mesh)
+        stack.enter_context(nn.logical_axis_rules(rules))
         yield
 
 
