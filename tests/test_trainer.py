@@ -197,3 +197,17 @@ def test_trainer_core_runs_without_tensorflow(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert p.returncode == 0 and "OK" in p.stdout, p.stdout[-2000:] + p.stderr[-3000:]
     assert (tmp_path / "loss_curve.png").exists()
+
+
+def test_one_batch_size_binding_and_batch_source_protocol():
+    from ext5.data.source import BatchSource, check_batch_source
+    ds = trainer.DatasetConfig("some_task", {"inputs": IN, "targets": TGT}, batch_size=16)
+    assert trainer._batch_size(ds, None) == 16 and trainer._batch_size(ds, 16) == 16
+    with pytest.raises(ValueError, match="disagrees with DatasetConfig.batch_size=16") as e:
+        trainer._batch_size(ds, 32)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="needs batch_size"):
+        trainer._batch_size(None, None)
+    assert isinstance(_src(), BatchSource)
+    with pytest.raises(TypeError, match="lacks state, restore, input_len, target_len"):
+        check_batch_source(iter([{}]))
