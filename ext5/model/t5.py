@@ -22,6 +22,11 @@ Like t5x, attention kernels are stored 2-D (joined heads*kv, the layout of t5x a
 reshaped to [embed, heads, kv] at use; the query kernel's init carries the 1/sqrt(head_dim) factor, so
 attention logits are not rescaled.
 
+Sharding: activations carry t5x's logical constraints at layer boundaries (real only when traced under
+`jax.set_mesh` + logical-axis rules, as `ext5.train.step` does). Under FSDP rules every weight is used in its
+layout without the FSDP ('embed' -> 'data') axis, so XLA all-gathers weights per layer and reduce-scatters
+their gradients instead of gathering activations over the global batch (`_weight_in_use`).
+
 Differences from t5x that do not change the function on real data: the relative position bias is
 computed once per stack from *positions* (key_pos - query_pos; identical to t5x's arange inside every
 packed segment, and what keeps a packed row equal to its examples run alone), masks are folded into that
