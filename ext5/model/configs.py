@@ -9,7 +9,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-REMAT_POLICIES = ("none", "full", "minimal")
+# Rematerialisation of each layer in the backward pass (T5Config.remat_policy), roughly from most memory
+# to least (`ext5 plan` measures a config; which is best depends on the shapes):
+#   none                 keep every activation (no recompute)
+#   dots                 save every matmul output, attention einsums included; recompute elementwise work
+#   minimal              save the dense projections' outputs (dots without batch dims); recompute the
+#                        attention einsums/softmax and elementwise work
+#   save_dot_except_mlp  save only the attention projections (q, k, v, out); recompute the MLP and attention
+#   full                 save nothing but the layer inputs; recompute the whole layer
+REMAT_POLICIES = ("none", "dots", "minimal", "save_dot_except_mlp", "full")
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,7 @@ class T5Config:
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     logits_via_embedding: bool = False
-    remat_policy: str = "none"  # none | full | minimal
+    remat_policy: str = "none"  # one of REMAT_POLICIES
     scan_layers: bool = False
 
     def __post_init__(self) -> None:

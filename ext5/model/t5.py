@@ -22,6 +22,11 @@ Like t5x, attention kernels are stored 2-D (joined heads*kv, the layout of t5x a
 reshaped to [embed, heads, kv] at use; the query kernel's init carries the 1/sqrt(head_dim) factor, so
 attention logits are not rescaled.
 
+Sharding: activations carry t5x's logical constraints at layer boundaries (real only when traced under
+`jax.set_mesh` + logical-axis rules, as `ext5.train.step` does). Under FSDP rules every weight is used in its
+layout without the FSDP ('embed' -> 'data') axis, so XLA all-gathers weights per layer and reduce-scatters
+their gradients instead of gathering activations over the global batch (`_weight_in_use`).
+
 Differences from t5x that do not change the function on real data: the relative position bias is
 computed once per stack from *positions* (key_pos - query_pos; identical to t5x's arange inside every
 packed segment, and what keeps a packed row equal to its examples run alone), masks are folded into that
@@ -39,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 from ext5.model.configs import T5Config
 
@@ -57,19 +63,81 @@ def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
     return nn.with_logical_constraint(x, axes)
 
 
+# Logical axes that FSDP shards over the data axis (`partitioning.standard_logical_axis_rules(fsdp=True)`).
+_FSDP_AXES = ("embed",)
+
+
+def _weight_in_use(weight: Array, axes: tuple[str, ...], *, scatter_grad: bool = True) -> Array:
+    """A (cast) weight in its layout without FSDP, for use in this layer's compute.
+
+    Under FSDP rules XLA then all-gathers the *weight* per layer instead of gathering activations over
+    the global batch; the custom gradient pins the weight's cotangent back to the parameter's own
+    (FSDP) layout, so the batch-summed gradient is reduce-scattered rather than all-reduced in full.
+    `scatter_grad=False` keeps the plain transpose (the embedding: its gradient is a scatter-add of token
+    rows, which GSPMD would otherwise serve by gathering the token ids over the global batch).
+    A no-op without FSDP axes in `axes`, rules or a mesh.
+    """
+    gathered = tuple(None if a in _FSDP_AXES else a for a in axes)
+    if gathered == tuple(axes):
+        return weight
+    if not scatter_grad:
+        return _constrain(weight, gathered)
+    return _gather_weight(weight, tuple(axes), gathered)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gather_weight(weight: Array, axes: tuple, gathered: tuple) -> Array:
+    return _constrain(weight, gathered)
+
+
+def _gather_weight_fwd(weight, axes, gathered):
+    return _constrain(weight, gathered), None
+
+
+def _gather_weight_bwd(axes, gathered, _, cotangent):
+    return (_constrain(cotangent, axes),)
+
+
+_gather_weight.defvjp(_gather_weight_fwd, _gather_weight_bwd)
+
+
 def _remat_policy(name: str):
+    """The jax.checkpoint policy of `T5Config.remat_policy` (see configs.REMAT_POLICIES for what each saves)."""
     if name == "full":
         return jax.checkpoint_policies.nothing_saveable
     if name == "minimal":
         # Save the outputs of the dense projections (dots without batch dims); recompute attention
         # einsums and elementwise work in the backward pass.
         return jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    if name == "dots":
+        # Every matmul output, the attention einsums included (most memory, least recompute).
+        return jax.checkpoint_policies.checkpoint_dots
+    if name == "save_dot_except_mlp":
+        # Attention projections only: the MLP (whose [batch, length, mlp] hidden is the biggest activation)
+        # and the attention einsums are recomputed.
+        return jax.checkpoint_policies.save_only_these_names(*_ATTENTION_PROJECTIONS)
     return None
+
+
+# Names the attention projections' outputs carry (jax.ad_checkpoint.checkpoint_name) for remat policies.
+_ATTENTION_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "out_proj")
 
 
 # ---------------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------------
+# Logical names of the dims a joined 2-D kernel axis splits into at use.
+_SPLIT_AXES = {"joined_kv": ("heads", "kv")}
+
+
+def _split_axes(name: str, ndim: int) -> tuple[str | None, ...]:
+    """Logical axes of `ndim` dims that the 2-D kernel axis `name` is reshaped into."""
+    if ndim == 1:
+        return (name,)
+    split = _SPLIT_AXES.get(name)
+    return split if split is not None and len(split) == ndim else (None,) * ndim
+
+
 class DenseGeneral(nn.Module):
     """Bias-free dense layer over `axis` with a 2-D float32 kernel [prod(in), prod(features)] (t5x)."""
 
@@ -92,6 +160,10 @@ class DenseGeneral(nn.Module):
             jnp.float32,
         )
         kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+        # Constrained in its n-d shape, so the gradient's reduce-scatter needs no reshape in between.
+        if self.kernel_axes:
+            kernel = _weight_in_use(kernel, _split_axes(self.kernel_axes[0], len(in_shape))
+                                    + _split_axes(self.kernel_axes[1], len(features)))
         inputs = jnp.asarray(inputs, self.dtype)
         return lax.dot_general(inputs, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
 
@@ -109,7 +181,7 @@ class LayerNorm(nn.Module):
                            (x.shape[-1],), jnp.float32)
         mean2 = jnp.mean(lax.square(x), axis=-1, keepdims=True)
         y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
-        return y * jnp.asarray(scale, self.dtype)
+        return y * _weight_in_use(jnp.asarray(scale, self.dtype), ("embed",))
 
 
 class Embed(nn.Module):
@@ -128,12 +200,16 @@ class Embed(nn.Module):
         )
 
     def __call__(self, tokens: Array) -> Array:
-        out = jnp.take(self.embedding, tokens.astype(jnp.int32), axis=0).astype(self.dtype)
+        # Cast before the gather (same values) so FSDP gathers the table in the compute dtype.
+        table = _weight_in_use(jnp.asarray(self.embedding, self.dtype), ("vocab", "embed"),
+                               scatter_grad=False)
+        out = jnp.take(table, tokens.astype(jnp.int32), axis=0)
         return _constrain(out, ("batch", "length", "embed"))
 
     def attend(self, query: Array) -> Array:
         """Logits against the embedding table (float32), for `logits_via_embedding`."""
-        return jnp.dot(query.astype(jnp.float32), self.embedding.T)
+        table = _weight_in_use(self.embedding, ("vocab", "embed"), scatter_grad=False)
+        return jnp.dot(query.astype(jnp.float32), table.T)
 
 
 def relative_position_bucket(relative_position: Array, *, bidirectional: bool = True,
@@ -214,8 +290,8 @@ class MultiHeadDotProductAttention(nn.Module):
         if kv is None:
             key = projection(kernel_init=_attention_kernel_init, name="key")(inputs_kv)
             value = projection(kernel_init=_attention_kernel_init, name="value")(inputs_kv)
-            key = _constrain(key, ("batch", "length", "heads", "kv"))
-            value = _constrain(value, ("batch", "length", "heads", "kv"))
+            key = checkpoint_name(_constrain(key, ("batch", "length", "heads", "kv")), "key_proj")
+            value = checkpoint_name(_constrain(value, ("batch", "length", "heads", "kv")), "value_proj")
             if kv_only:
                 return key, value
         else:
@@ -224,7 +300,7 @@ class MultiHeadDotProductAttention(nn.Module):
                                  "self-attention keys/values instead")
             key, value = (jnp.asarray(t, self.dtype) for t in kv)
         query = projection(kernel_init=query_init, name="query")(inputs_q)
-        query = _constrain(query, ("batch", "length", "heads", "kv"))
+        query = checkpoint_name(_constrain(query, ("batch", "length", "heads", "kv")), "query_proj")
 
         if decode:
             is_initialized = self.has_variable("cache", "cached_key")
@@ -270,7 +346,7 @@ class MultiHeadDotProductAttention(nn.Module):
         out = DenseGeneral(features=inputs_q.shape[-1], axis=(-2, -1), dtype=self.dtype,
                            kernel_init=_attention_kernel_init, kernel_axes=("joined_kv", "embed"),
                            name="out")(x)
-        return out
+        return checkpoint_name(out, "out_proj")
 
 
 class MlpBlock(nn.Module):
