@@ -173,6 +173,55 @@ def print_table(r, out=sys.stdout) -> None:
         w(f"ext5 plan: {d['advice']}")
 
 
+def search(ta: TrainArgs, topology: str, max_compiles: int = 3, json_path: str | None = None) -> int:
+    """Rank every buildable layout by the analytic estimate, compile the fastest few that look like they fit
+    (with 10% headroom), and print the fastest compiled plan that fits as gin overrides."""
+    from ext5.train import aot, plan_search
+    s = aot.parse_slice(topology)
+    n_dev = len(aot.slice_devices(topology))
+    hbm = s.chip.usable_hbm_bytes
+    ranked = []
+    for c in plan_search.candidates(ta.model, n_dev, ta.batch_size):
+        mem, t = plan_search.estimate(ta.model, c, n_dev, ta.batch_size, ta.input_len, ta.target_len,
+                                      s.chip.peak_flops, s.chip.ici_bandwidth)
+        if mem <= 0.9 * hbm:
+            # Ties: prefer scanned layers (fast compiles), fewer microbatches, less recompute.
+            ranked.append((t, not c.scan_layers, c.num_microbatches, c.remat_policy != "none", mem, c))
+    ranked.sort(key=lambda x: x[:4])
+    say = (lambda m: print(m, file=sys.stderr)) if json_path == "-" else print
+    say(f"ext5 plan --search: {len(ranked)} layouts estimated to fit {s.name}; compiling up to {max_compiles}")
+    best = None
+    for t, _, _, _, mem, c in ranked[:max_compiles]:
+        trial = dataclasses.replace(
+            ta, model=ta.model.replace(remat_policy=c.remat_policy, scan_layers=c.scan_layers),
+            partition=dataclasses.replace(ta.partition, num_partitions=c.num_partitions, fsdp=c.fsdp),
+            num_microbatches=c.num_microbatches)
+        r, message = plan_one(trial, topology)
+        got = "layout failed" if r is None else (
+            f"{r.bytes_per_device['total'] / GiB:.1f} GiB, fits={r.fits}, est. step "
+            f"{(r.step_time_s_estimate or 0) * 1e3:.0f} ms")
+        say(f"  {c}: estimated {mem / GiB:.1f} GiB, {t * 1e3:.0f} ms -> compiled: {got}")
+        if r is not None and r.fits and r.headroom >= 0.10 and (
+                best is None or r.step_time_s_estimate < best[0].step_time_s_estimate):
+            best = (r, c)
+    if best is None:
+        say(f"ext5 plan --search: no layout among the {min(max_compiles, len(ranked))} compiled fits {s.name} "
+            f"with 10% headroom; use a larger slice or raise --search_compiles")
+        if json_path:
+            _emit_json({"fits": False, "slice": s.name, "num_devices": n_dev, "advice": "no layout found"},
+                       json_path)
+        return 1
+    r, c = best
+    if json_path != "-":
+        print_table(r)
+    say("")
+    say("fastest fitting plan (gin overrides, ready to paste):")
+    say("  " + " ".join(c.gin_overrides()))
+    if json_path:
+        _emit_json(r.as_dict() | {"gin_overrides": c.gin_overrides()}, json_path)
+    return 0
+
+
 def _emit_json(obj: dict[str, Any], path: str) -> None:
     text = json.dumps(obj, indent=1, sort_keys=True, default=str)
     if path == "-":
@@ -192,8 +241,7 @@ def main(argv: Sequence[str]) -> int:
     aot.parse_slice(own.topology)  # fail fast on a bad name
     ta = train_args_from_gin()
     if own.search:
-        from ext5.train import plan_search
-        return plan_search.run(ta, own.topology, max_compiles=own.search_compiles, json_path=own.json)
+        return search(ta, own.topology, max_compiles=own.search_compiles, json_path=own.json)
     r, message = plan_one(ta, own.topology, keep_hlo=own.keep_hlo)
     obj = r.as_dict() if r is not None else _layout_failure(ta, own.topology, message)
     if own.json != "-":
