@@ -143,18 +143,13 @@ def parse_oom(message: str) -> tuple[int, int] | None:
 # The step's numbers
 # --------------------------------------------------------------------------------------------------
 def _leaf_bytes(tree: Any) -> int:
-    """Per-device bytes of a tree of sharded ShapeDtypeStructs (one shard of each leaf)."""
+    """Per-device bytes of a tree of sharded ShapeDtypeStructs (one shard of each leaf). The step's
+    jit takes the state with exactly these shardings (explicit in_shardings, donated)."""
     total = 0
     for x in jax.tree.leaves(tree):
         shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
         total += math.prod(shape) * np.dtype(x.dtype).itemsize
     return int(total)
-
-
-def _sharded_bytes(abstract: Any, shardings: Any) -> int:
-    """Per-device bytes of `abstract` (ShapeDtypeStructs) laid out by `shardings` (a matching tree)."""
-    return int(sum(math.prod(sh.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-                   for x, sh in zip(jax.tree.leaves(abstract), jax.tree.leaves(shardings))))
 
 
 def _global_bytes(tree: Any) -> int:
@@ -253,10 +248,6 @@ def report(fns: Any, *, slice_name: str, model: T5Config, global_batch_size: int
                           step_time_s_estimate=None, roofline={}, tokens_per_sec_per_chip=None,
                           mfu_ceiling=None, compile_error=str(e).splitlines()[0][:300])
     mem = compiled.memory_analysis()
-    # The state's bytes as the executable takes them (its input shardings), not as we asked for them.
-    state_in = compiled.input_shardings[0][0]
-    params_b = _sharded_bytes(st.params, state_in.params)
-    opt_b = _sharded_bytes(st.opt_state, state_in.opt_state)
     text = compiled.as_text()
     if keep_hlo:
         with open(keep_hlo, "w", encoding="utf-8") as f:
