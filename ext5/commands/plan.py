@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 GiB = 2 ** 30
 # Macros `train` needs and `plan` does not: bound to placeholders (before the user's bindings, which win).
-_PLAN_PLACEHOLDERS = ("MODEL_DIR = '/dev/null/ext5-plan'", "INITIAL_CHECKPOINT_PATH = None")
+_PLAN_PLACEHOLDERS = tuple(f"{m} = None" for m in ("MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TRAIN_STEPS",
+                                                      "INITIAL_CHECKPOINT_PATH", "CHECKPOINT_PATH"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ class TrainArgs:
     random_seed: int
 
     def build_kwargs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"model": self.model, "partition": self.partition}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
 def train_args_from_gin() -> TrainArgs:
