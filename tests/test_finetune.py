@@ -1,4 +1,6 @@
 """Fine-tuning with t5x's INITIAL_CHECKPOINT_PATH semantics, and the regime gin files."""
+import jax
+import numpy as np
 import pytest
 
 from ext5 import cli, config
@@ -31,8 +33,10 @@ def test_finetune_continues_step_and_optimizer_from_initial_checkpoint(tmp_path,
     assert not (fine / "checkpoint_4").exists() and (fine / "checkpoint_6").is_dir()
     b = _state(fine, 6)
     assert int(b["step"]) == 6
-    # The optimizer state came with the checkpoint: Adafactor's update count is 4 + 2 (a fresh one would be 2).
-    assert int(b["opt_state"][0].count) == 6
+    # One step counter: Adafactor keeps no count of its own (its decay and the schedule read the state's step,
+    # 4 + 2 here), and its second moments came with the checkpoint.
+    assert not any(np.issubdtype(np.asarray(x).dtype, np.integer) for x in jax.tree.leaves(b["opt_state"]))
+    assert all(float(np.max(np.asarray(x))) > 0 for x in jax.tree.leaves(b["opt_state"].v_row))
     # The MODEL_DIR's config records the fine-tuning recipe.
     text = (fine / "config.gin").read_text()
     assert "INITIAL_CHECKPOINT_PATH" in text and "DROPOUT_RATE = 0.1" in text

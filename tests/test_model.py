@@ -14,7 +14,7 @@ from jax.sharding import PartitionSpec  # noqa: E402
 from ext5.model import configs  # noqa: E402
 from ext5.model.decoding import greedy_decode  # noqa: E402
 from ext5.model.flops import forward_flops, peak_flops_per_device, train_flops_per_step  # noqa: E402
-from ext5.model.losses import compute_loss as _compute_loss  # noqa: E402
+from ext5.model.losses import compute_loss as _compute_loss, loss_weights_and_normalizer  # noqa: E402
 from ext5.model.t5 import Transformer, init_params, scan_to_unscanned, unscanned_to_scan  # noqa: E402
 
 CFG = configs.get_config("tiny", vocab_size=64, emb_dim=32, num_heads=2, head_dim=8, mlp_dim=48,
@@ -237,12 +237,13 @@ def test_loss_normalisation_hand_computed():
                              loss_normalizing_factor="AVERAGE_PER_SEQUENCE", segment_ids=segs)
     per_seq = [ce[0, :2].mean(), ce[0, 2], ce[1].mean()]
     np.testing.assert_allclose(float(loss), np.mean(per_seq), rtol=1e-5)
-    assert float(aux["num_sequences"]) == 3.0
+    # The normaliser is the number of sequences (the step no longer logs a separate count).
+    assert float(loss_weights_and_normalizer(weights, "AVERAGE_PER_SEQUENCE", segment_ids=segs)[1]) == 3.0
     # Without segment ids each row is one sequence.
     loss, aux = compute_loss(logits, targets, weights, z_loss=0.0,
                              loss_normalizing_factor="AVERAGE_PER_SEQUENCE")
     np.testing.assert_allclose(float(loss), np.mean([ce[0].mean(), ce[1].mean()]), rtol=1e-5)
-    assert float(aux["num_sequences"]) == 2.0
+    assert float(loss_weights_and_normalizer(weights, "AVERAGE_PER_SEQUENCE")[1]) == 2.0
     # z-loss: logits shifted by c give log_z = c; z term = z * c^2 per weighted token.
     loss, aux = compute_loss(logits + 2.0, targets, weights, z_loss=0.5)
     np.testing.assert_allclose(float(aux["z_loss_sum"]), 6 * 0.5 * 4.0, rtol=1e-5)

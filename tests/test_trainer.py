@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from ext5.model import configs
+from ext5.model import configs, losses
 from ext5.train import checkpoints, optimizer, partitioning, step as step_lib, synthetic, trainer
 
 CFG = configs.get_config("tiny", vocab_size=128, dtype="float32", num_heads=4, emb_dim=64, mlp_dim=128,
@@ -74,11 +74,12 @@ def test_microbatching_equals_full_batch():
 
 def test_average_per_sequence_weights_sum_to_number_of_segments():
     b = _src(4).global_batch(0)
-    weights, norm = step_lib.loss_weights_and_normalizer(b, "AVERAGE_PER_SEQUENCE")
+    weights, norm = losses.loss_weights_and_normalizer(b["decoder_loss_weights"], "AVERAGE_PER_SEQUENCE",
+                                                       segment_ids=b["decoder_segment_ids"])
     nseg = sum(len(set(r[r > 0].tolist())) for r in b["decoder_segment_ids"])
     assert float(norm) == pytest.approx(nseg, rel=1e-5)
     with pytest.raises(ValueError, match="unknown loss_normalizing_factor"):
-        step_lib.loss_weights_and_normalizer(b, "PER_BANANA")
+        losses.loss_weights_and_normalizer(b["decoder_loss_weights"], "PER_BANANA")
 
 
 def _train(model_dir, steps, stop=None, cfg=CFG, **kw):
@@ -134,7 +135,7 @@ _WORKER = textwrap.dedent("""
         partitioning.maybe_initialize_distributed(coordinator_address="127.0.0.1:" + port,
                                                   process_count=nproc, process_index=pid)
     import numpy as np
-    from ext5.model import configs
+    from ext5.model import configs, losses
     from ext5.train import optimizer, synthetic, trainer
     cfg = configs.get_config("tiny", vocab_size=128, dtype="float32", num_heads=4, emb_dim=64, mlp_dim=128,
                              head_dim=16)
@@ -183,7 +184,7 @@ def test_trainer_core_runs_without_tensorflow(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         sys.modules["tensorflow"] = None  # any import of TF now fails
-        from ext5.model import configs
+        from ext5.model import configs, losses
         from ext5.train import optimizer, partitioning, synthetic, trainer
         cfg = configs.get_config("tiny", vocab_size=128, dtype="float32")
         src = synthetic.SyntheticBatches(input_len=16, target_len=8, vocab_size=128, host_batch_size=8)

@@ -1,4 +1,4 @@
-"""Token cross entropy with z-loss and t5x's loss normalisation options.
+"""Token cross entropy with z-loss, and t5x's loss normalisation: the one place both are computed.
 
 Mirrors t5x `losses.cross_entropy_with_logits` / `compute_weighted_cross_entropy` (without label
 smoothing) and `get_loss_normalizing_factor_and_weights`:
@@ -7,10 +7,13 @@ smoothing) and `get_loss_normalizing_factor_and_weights`:
     None                      -> weights' = weights, normaliser 1 (summed loss, the t5x default)
     float c                   -> weights' = weights, normaliser c
     "NUM_REAL_TARGET_TOKENS"  -> normaliser sum(weights)
-    "NUM_TOTAL_TARGET_TOKENS" -> normaliser number of target positions
+    "NUM_TOTAL_TARGET_TOKENS" -> normaliser number of target positions (batch * length)
     "AVERAGE_PER_SEQUENCE"    -> weights' = weights / (weight total of the token's sequence), normaliser
                                  sum(weights') = number of sequences with any weight; packed rows are
-                                 split into sequences by `segment_ids`.
+                                 split into sequences by `segment_ids`, otherwise a row is a sequence.
+
+`loss_weights_and_normalizer` runs on the *whole* batch before any microbatching (so accumulated
+gradients equal the full batch's); `loss_sums` runs per (micro)batch; `compute_loss` is both at once.
 """
 
 from __future__ import annotations
@@ -32,28 +35,68 @@ def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float) -> t
     return (log_z - target_logit) + z, z
 
 
-def _sequence_weights(weights: Array, segment_ids: Array | None) -> tuple[Array, Array]:
-    """(weights scaled so each sequence's sum to 1, exact number of sequences with any weight).
-
-    Sequences are (row, segment id) pairs when `segment_ids` is given, else whole rows.
-    """
+def _sequence_fractions(weights: Array, segment_ids: Array | None) -> Array:
+    """Weights scaled so that each sequence's sum to 1 (sequences: (row, segment id), else rows)."""
     if segment_ids is None:
-        row_totals = jnp.sum(weights, axis=-1, keepdims=True)
-        totals, count = row_totals * jnp.ones_like(weights), jnp.sum(row_totals > 0)
+        totals = jnp.sum(weights, axis=-1, keepdims=True) * jnp.ones_like(weights)
     else:
         batch, length = weights.shape
         ids = jnp.arange(batch, dtype=jnp.int32)[:, None] * (length + 1) + segment_ids.astype(jnp.int32)
         seg_totals = jax.ops.segment_sum(weights.reshape(-1), ids.reshape(-1),
                                          num_segments=batch * (length + 1))
-        totals, count = seg_totals[ids], jnp.sum(seg_totals > 0)
-    frac = jnp.where(totals > 0, weights / jnp.where(totals > 0, totals, 1.0), 0.0)
-    return frac, count.astype(jnp.float32)
+        totals = seg_totals[ids]
+    return jnp.where(totals > 0, weights / jnp.where(totals > 0, totals, 1.0), 0.0)
+
+
+def loss_weights_and_normalizer(weights: Array, loss_normalizing_factor: float | str | None, *,
+                                segment_ids: Array | None = None) -> tuple[Array, Array]:
+    """(per-token loss weights, divisor of the weighted loss sum) for the whole batch, as t5x's
+    `get_loss_normalizing_factor_and_weights`. `weights` are the batch's loss weights [batch, length];
+    a zero divisor (nothing to score) becomes 1 so an empty batch gives loss 0, not NaN."""
+    weights = jnp.asarray(weights, jnp.float32)
+
+    def nonzero(x):
+        return jnp.where(x > 0, x, 1.0).astype(jnp.float32)
+
+    if loss_normalizing_factor is None:
+        return weights, jnp.float32(1.0)
+    if isinstance(loss_normalizing_factor, (int, float)) and not isinstance(loss_normalizing_factor, bool):
+        return weights, jnp.float32(loss_normalizing_factor)
+    name = loss_normalizing_factor.upper() if isinstance(loss_normalizing_factor, str) else None
+    if name == "NUM_REAL_TARGET_TOKENS":
+        return weights, nonzero(jnp.sum(weights))
+    if name == "NUM_TOTAL_TARGET_TOKENS":
+        return weights, jnp.float32(weights.size)
+    if name == "AVERAGE_PER_SEQUENCE":
+        frac = _sequence_fractions(weights, segment_ids)
+        return frac, nonzero(jnp.sum(frac))
+    raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use None (sum), a number, "
+                     f"or one of {SPECIAL_NORMALIZERS}")
+
+
+def loss_sums(logits: Array, targets: Array, loss_weights: Array, weights: Array, *,
+              z_loss: float = 1e-4) -> tuple[Array, dict[str, Array]]:
+    """(sum of loss_weights * per-token loss, aux) for one (micro)batch.
+
+    aux holds float32 sums over the real-token `weights` (for host-side per-token metrics): loss_sum
+    (CE + z-loss), z_loss_sum (its z-loss part), correct_sum (argmax hits), weight_sum.
+    """
+    weights = jnp.asarray(weights, jnp.float32)
+    token_loss, token_z = cross_entropy_with_logits(logits, targets, z_loss)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    aux = {
+        "loss_sum": jnp.sum(token_loss * weights),
+        "z_loss_sum": jnp.sum(token_z * weights),
+        "correct_sum": jnp.sum(correct * weights),
+        "weight_sum": jnp.sum(weights),
+    }
+    return jnp.sum(token_loss * jnp.asarray(loss_weights, jnp.float32)), aux
 
 
 def compute_loss(logits: Array, targets: Array, weights: Array | None, *, z_loss: float = 1e-4,
                  loss_normalizing_factor: float | str | None = None,
                  segment_ids: Array | None = None) -> tuple[Array, dict[str, Array]]:
-    """Weighted CE + z-loss, normalised as t5x; returns (loss, aux sums for host-side normalisation).
+    """Weighted CE + z-loss of a whole batch, normalised as t5x; returns (loss, aux of `loss_sums`).
 
     Args:
       logits: [batch, length, vocab] (any float dtype; computed in float32).
@@ -61,42 +104,10 @@ def compute_loss(logits: Array, targets: Array, weights: Array | None, *, z_loss
       weights: loss weights [batch, length] (None = all ones).
       z_loss: coefficient of logsumexp**2 (t5x default 1e-4).
       loss_normalizing_factor: None (sum), a float constant, or one of SPECIAL_NORMALIZERS.
-      segment_ids: decoder segment ids of packed rows; used by "AVERAGE_PER_SEQUENCE" and to count
-        sequences.
-
-    Returns:
-      (loss, aux) with aux float32 scalars: loss_sum (weighted CE + z-loss, unnormalised),
-      z_loss_sum (weighted z-loss part of loss_sum), correct_sum (weighted argmax hits),
-      weight_sum (sum of weights), num_sequences (sequences with any weight).
+      segment_ids: decoder segment ids of packed rows (sequences for "AVERAGE_PER_SEQUENCE").
     """
-    weights = (jnp.ones(targets.shape, jnp.float32) if weights is None
-               else weights.astype(jnp.float32))
-    token_loss, token_z = cross_entropy_with_logits(logits, targets, z_loss)
-    weight_sum = jnp.sum(weights)
-    frac, num_sequences = _sequence_weights(weights, segment_ids)
-
-    if loss_normalizing_factor is None:
-        loss = jnp.sum(token_loss * weights)
-    elif isinstance(loss_normalizing_factor, str):
-        name = loss_normalizing_factor.upper()
-        if name == "NUM_REAL_TARGET_TOKENS":
-            loss = jnp.sum(token_loss * weights) / weight_sum
-        elif name == "NUM_TOTAL_TARGET_TOKENS":
-            loss = jnp.sum(token_loss * weights) / float(targets.size)
-        elif name == "AVERAGE_PER_SEQUENCE":
-            loss = jnp.sum(token_loss * frac) / num_sequences
-        else:
-            raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use None, a "
-                             f"number, or one of {SPECIAL_NORMALIZERS}")
-    else:
-        loss = jnp.sum(token_loss * weights) / jnp.float32(loss_normalizing_factor)
-
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    aux = {
-        "loss_sum": jnp.sum(token_loss * weights),
-        "z_loss_sum": jnp.sum(token_z * weights),
-        "correct_sum": jnp.sum(correct * weights),
-        "weight_sum": weight_sum,
-        "num_sequences": num_sequences,
-    }
-    return loss.astype(jnp.float32), {k: v.astype(jnp.float32) for k, v in aux.items()}
+    weights = jnp.ones(targets.shape, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+    loss_weights, normalizer = loss_weights_and_normalizer(weights, loss_normalizing_factor,
+                                                           segment_ids=segment_ids)
+    total, aux = loss_sums(logits, targets, loss_weights, weights, z_loss=z_loss)
+    return (total / normalizer).astype(jnp.float32), aux

@@ -57,6 +57,44 @@ def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
     return nn.with_logical_constraint(x, axes)
 
 
+# Logical axes that FSDP shards over the data axis (`partitioning.standard_logical_axis_rules(fsdp=True)`).
+_FSDP_AXES = ("embed",)
+
+
+def _weight_in_use(weight: Array, axes: tuple[str, ...], *, scatter_grad: bool = True) -> Array:
+    """A (cast) weight in its layout without FSDP, for use in this layer's compute.
+
+    Under FSDP rules XLA then all-gathers the *weight* per layer instead of gathering activations over
+    the global batch; the custom gradient pins the weight's cotangent back to the parameter's own
+    (FSDP) layout, so the batch-summed gradient is reduce-scattered rather than all-reduced in full.
+    `scatter_grad=False` keeps the plain transpose (the embedding: its gradient is a scatter-add of token
+    rows, which GSPMD would otherwise serve by gathering the token ids over the global batch).
+    A no-op without FSDP axes in `axes`, rules or a mesh.
+    """
+    gathered = tuple(None if a in _FSDP_AXES else a for a in axes)
+    if gathered == tuple(axes):
+        return weight
+    if not scatter_grad:
+        return _constrain(weight, gathered)
+    return _gather_weight(weight, tuple(axes), gathered)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _gather_weight(weight: Array, axes: tuple, gathered: tuple) -> Array:
+    return _constrain(weight, gathered)
+
+
+def _gather_weight_fwd(weight, axes, gathered):
+    return _constrain(weight, gathered), None
+
+
+def _gather_weight_bwd(axes, gathered, _, cotangent):
+    return (_constrain(cotangent, axes),)
+
+
+_gather_weight.defvjp(_gather_weight_fwd, _gather_weight_bwd)
+
+
 def _remat_policy(name: str):
     if name == "full":
         return jax.checkpoint_policies.nothing_saveable
@@ -91,7 +129,8 @@ class DenseGeneral(nn.Module):
             (int(np.prod(in_shape)), int(np.prod(features))),
             jnp.float32,
         )
-        kernel = jnp.asarray(kernel, self.dtype).reshape(in_shape + features)
+        kernel = _weight_in_use(jnp.asarray(kernel, self.dtype), self.kernel_axes)
+        kernel = kernel.reshape(in_shape + features)
         inputs = jnp.asarray(inputs, self.dtype)
         return lax.dot_general(inputs, kernel, ((axis, tuple(range(len(axis)))), ((), ())))
 
@@ -109,7 +148,7 @@ class LayerNorm(nn.Module):
                            (x.shape[-1],), jnp.float32)
         mean2 = jnp.mean(lax.square(x), axis=-1, keepdims=True)
         y = jnp.asarray(x * lax.rsqrt(mean2 + self.epsilon), self.dtype)
-        return y * jnp.asarray(scale, self.dtype)
+        return y * _weight_in_use(jnp.asarray(scale, self.dtype), ("embed",))
 
 
 class Embed(nn.Module):
@@ -128,12 +167,16 @@ class Embed(nn.Module):
         )
 
     def __call__(self, tokens: Array) -> Array:
-        out = jnp.take(self.embedding, tokens.astype(jnp.int32), axis=0).astype(self.dtype)
+        # Cast before the gather (same values) so FSDP gathers the table in the compute dtype.
+        table = _weight_in_use(jnp.asarray(self.embedding, self.dtype), ("vocab", "embed"),
+                               scatter_grad=False)
+        out = jnp.take(table, tokens.astype(jnp.int32), axis=0)
         return _constrain(out, ("batch", "length", "embed"))
 
     def attend(self, query: Array) -> Array:
         """Logits against the embedding table (float32), for `logits_via_embedding`."""
-        return jnp.dot(query.astype(jnp.float32), self.embedding.T)
+        table = _weight_in_use(self.embedding, ("vocab", "embed"), scatter_grad=False)
+        return jnp.dot(query.astype(jnp.float32), table.T)
 
 
 def relative_position_bucket(relative_position: Array, *, bidirectional: bool = True,

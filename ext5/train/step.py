@@ -5,6 +5,7 @@ microbatching and data parallelism never change what a logged number means.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable, Mapping
 
@@ -19,13 +20,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ext5.model import losses
 from ext5.model.configs import T5Config
 from ext5.model.t5 import Transformer
+from ext5.train import optimizer as optim
 from ext5.train import partitioning
 
 Batch = Mapping[str, jax.Array]
 
-# t5x's SpecialLossNormalizingFactor names.
-NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
-AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
+@contextlib.contextmanager
+def mesh_rules(mesh: Mesh, rules: list):
+    """Trace under `mesh` and the logical-axis `rules`.
+
+    `jax.set_mesh` (not the legacy `with mesh:`) is what makes flax's activation constraints real: without
+    an abstract mesh in context `nn.with_logical_constraint` is silently a no-op, and FSDP's parameter
+    sharding then leaks into the activations (XLA gathers them over the global batch).
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
 
 
 @flax.struct.dataclass
@@ -42,35 +51,6 @@ def model_inputs(batch: Batch) -> dict[str, Any]:
     """The Transformer keyword arguments present in a (packed or unpacked) batch."""
     keys = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")
     return {k: batch[k] for k in keys if k in batch}
-
-
-def loss_weights_and_normalizer(batch: Batch, loss_normalizing_factor: float | str | None
-                                ) -> tuple[jax.Array, jax.Array]:
-    """Per-token loss weights and the divisor of the summed loss, as t5x's
-    `get_loss_normalizing_factor_and_weights` computes them, on the *whole* batch.
-
-    Computing both before microbatching is what makes gradient accumulation equal the full batch.
-    """
-    weights = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
-    if loss_normalizing_factor is None:
-        return weights, jnp.float32(1.0)
-    if isinstance(loss_normalizing_factor, (int, float)):
-        return weights, jnp.float32(loss_normalizing_factor)
-    if loss_normalizing_factor == NUM_REAL_TARGET_TOKENS:
-        return weights, jnp.maximum(jnp.sum(weights), 1.0)
-    if loss_normalizing_factor == AVERAGE_PER_SEQUENCE:
-        seg = batch.get("decoder_segment_ids")
-        if seg is None:
-            per_row = jnp.sum(weights, axis=-1, keepdims=True)
-            weights = weights / jnp.maximum(per_row, 1.0)
-        else:
-            # Each token's weight is 1 / (real tokens in its segment), so every sequence sums to 1.
-            same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-            counts = jnp.einsum("bqk,bk->bq", same.astype(jnp.float32), weights)
-            weights = jnp.where(weights > 0, weights / jnp.maximum(counts, 1.0), 0.0)
-        return weights, jnp.maximum(jnp.sum(weights), 1.0)
-    raise ValueError(f"unknown loss_normalizing_factor {loss_normalizing_factor!r}; use None (sum), a number, "
-                     f"'{NUM_REAL_TARGET_TOKENS}' or '{AVERAGE_PER_SEQUENCE}'")
 
 
 @dataclasses.dataclass
@@ -111,8 +91,13 @@ class StepFns:
     def lower(self, global_batch_size: int, packed: bool = True) -> jax.stages.Lowered:
         """Lower the train step for abstract inputs (no arrays needed): `.compile()` gives memory and
         cost analyses and HLO text, also for devices this host does not have (TPU topologies)."""
-        with self.mesh, nn.logical_axis_rules(self.rules):
+        with mesh_rules(self.mesh, self.rules):
             return self.step_jit.lower(self.abstract_state, self.abstract_batch(global_batch_size, packed))
+
+
+def _strip_boxes(tree: Any) -> Any:
+    """Values of flax partitioning boxes without applying their constraint (for abstract values)."""
+    return nn.meta.map_axis_meta(lambda box: box.unbox(apply_constraint=False), tree)
 
 
 def _dummy_batch(input_len: int, target_len: int) -> dict[str, jnp.ndarray]:
@@ -126,6 +111,7 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
           loss_normalizing_factor: float | str | None = None, dropout_seed: int = 0,
           learning_rate_fn: Callable[[jax.Array], jax.Array] | None = None) -> StepFns:
     """Build the sharded init and train-step functions (ahead-of-time shardings, donated state)."""
+    tx = optax.with_extra_args_support(tx)
     model = Transformer(cfg)
     dummy = _dummy_batch(input_len, target_len)
     replicated = NamedSharding(mesh, P())
@@ -134,20 +120,23 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
         return model.init({"params": rng, "dropout": rng}, dummy["encoder_input_tokens"],
                           dummy["decoder_input_tokens"], dummy["decoder_target_tokens"], enable_dropout=False)
 
-    with mesh, nn.logical_axis_rules(rules):
-        boxed = jax.eval_shape(init_variables, jax.random.PRNGKey(0))["params"]
+    with mesh_rules(mesh, rules):
+        # An abstract key: nothing may run eagerly under `set_mesh` (the mesh may be a TPU topology).
+        boxed = jax.eval_shape(init_variables, jax.ShapeDtypeStruct((2,), jnp.uint32))["params"]
         logical_specs = nn.get_partition_spec(boxed)
         params_sh = partitioning.logical_to_sharding(logical_specs, mesh, rules)
         params_abs = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                  nn.meta.unbox(boxed), params_sh)
+                                  _strip_boxes(boxed), params_sh)
         partitioning.assert_params_sufficiently_sharded(params_sh, mesh, params_abs)
-        # Let GSPMD propagate parameter shardings into the optimizer state (factored rows/cols included).
-        opt_sh = jax.jit(tx.init).lower(params_abs).compile().output_shardings
-        # Leaves not derived from a parameter (step counters) come back on one device: replicate them.
-        opt_sh = jax.tree.map(
-            lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated, opt_sh)
+        abstract_opt = jax.eval_shape(tx.init, params_abs)
+        # ext5's Adafactor: slots sharded like their parameters. Other optimizers: let GSPMD propagate.
+        opt_sh = optim.state_shardings(abstract_opt, params_abs, params_sh)
+        if opt_sh is None:
+            opt_sh = jax.jit(tx.init).lower(params_abs).compile().output_shardings
+            # Leaves not derived from a parameter (step counters) come back on one device: replicate them.
+            opt_sh = jax.tree.map(
+                lambda s: s if isinstance(s, NamedSharding) and s.mesh == mesh else replicated, opt_sh)
     state_sh = TrainState(step=replicated, params=params_sh, opt_state=opt_sh)
-    abstract_opt = jax.eval_shape(tx.init, params_abs)
     abstract_state = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
         params=params_abs,
@@ -161,20 +150,21 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
     enable_dropout = cfg.dropout_rate > 0
     data_sh = NamedSharding(mesh, P("data"))
 
-    def loss_and_aux(params, batch, weights, normalizer, rng):
+    def loss_and_aux(params, batch, loss_weights, normalizer, rng):
         logits = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                              batch["decoder_target_tokens"], enable_dropout=enable_dropout,
                              rngs={"dropout": rng}, **model_inputs(batch))
-        loss_sum, aux = losses.compute_loss(logits, batch["decoder_target_tokens"], weights, z_loss=z_loss,
-                                            loss_normalizing_factor=None)
-        aux = dict(aux)
+        loss_sum, aux = losses.loss_sums(logits, batch["decoder_target_tokens"], loss_weights,
+                                         batch["decoder_loss_weights"], z_loss=z_loss)
         return loss_sum / normalizer, aux
 
     grad_fn = jax.value_and_grad(loss_and_aux, has_aux=True)
 
     def train_step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(base_rng, state.step)
-        weights, normalizer = loss_weights_and_normalizer(batch, loss_normalizing_factor)
+        # Loss weights and normaliser of the *whole* batch (microbatches then sum to the full-batch loss).
+        weights, normalizer = losses.loss_weights_and_normalizer(
+            batch["decoder_loss_weights"], loss_normalizing_factor, segment_ids=batch.get("decoder_segment_ids"))
         batch = dict(batch)
         # Plain counts for logging (accuracy per real token), independent of the loss weighting.
         real = jnp.asarray(batch["decoder_loss_weights"], jnp.float32)
@@ -198,12 +188,14 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
                                                           mbs[1][0], normalizer, rng))
             zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux0)
             grads, loss, aux = jax.lax.fori_loop(0, num_microbatches, body, (zeros_g, jnp.float32(0.0), zeros_a))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        # One step counter: the schedule and Adafactor's decay read TrainState.step (optimizers without
+        # extra-args support ignore it and keep their own count).
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, step=state.step)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
             "loss_sum": aux["loss_sum"], "z_loss_sum": aux["z_loss_sum"], "correct_sum": aux["correct_sum"],
-            "weight_sum": aux["weight_sum"], "num_sequences": aux["num_sequences"],
+            "weight_sum": aux["weight_sum"],
             "nonpadding_tokens": jnp.sum(real) + jnp.sum((batch["encoder_input_tokens"] > 0).astype(jnp.float32)),
             "grad_norm": optax.tree.norm(grads),
         }
@@ -211,17 +203,17 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
             metrics["learning_rate"] = jnp.asarray(learning_rate_fn(state.step), jnp.float32)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
-    with mesh, nn.logical_axis_rules(rules):
+    with mesh_rules(mesh, rules):
         init_jit = jax.jit(init, out_shardings=state_sh)
         step_jit = jax.jit(train_step, in_shardings=(state_sh, data_sh), out_shardings=(state_sh, replicated),
                            donate_argnums=(0,))
 
     def init_fn(rng):
-        with mesh, nn.logical_axis_rules(rules):
+        with mesh_rules(mesh, rules):
             return init_jit(rng)
 
     def step_fn(state, batch):
-        with mesh, nn.logical_axis_rules(rules):
+        with mesh_rules(mesh, rules):
             return step_jit(state, batch)
 
     return StepFns(model=model, mesh=mesh, rules=rules, state_shardings=state_sh, abstract_state=abstract_state,

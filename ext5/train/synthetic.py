@@ -6,7 +6,8 @@ import numpy as np
 
 
 class SyntheticBatches:
-    """Iterator of host batches in the packed EncDecFeatureConverter format, two segments per row.
+    """Iterator of host batches in the packed EncDecFeatureConverter format, two segments per row
+    (an `ext5.data.source.BatchSource`).
 
     Each host slices rows [shard_index * host_batch, ...) out of the same global batch, so a run on N hosts
     sees exactly the rows a 1-host run sees.
@@ -55,8 +56,9 @@ class SyntheticBatches:
         lo = self.shard * self.host_batch
         return {k: v[lo:lo + self.host_batch] for k, v in g.items()}
 
-    def state(self) -> dict:
+    def state(self, directory: str | None = None) -> dict:
+        """Position (a pure function of the step: nothing to write under `directory`)."""
         return {"kind": "synthetic", "step": self.step, "seed": self.seed}
 
-    def restore(self, state: dict) -> None:
+    def restore(self, state: dict, directory: str | None = None) -> None:
         self.step = int(state["step"])

@@ -5,8 +5,8 @@ Imports no TensorFlow: the seqio pipeline is imported only when a DatasetConfig 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import inspect
 import os
 import signal
 import time
@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax
 import numpy as np
 
+from ext5.data.source import check_batch_source
 from ext5.model import flops as flops_lib
 from ext5.model.configs import T5Config
 from ext5.train import checkpoints as ckpt_lib
@@ -74,23 +75,30 @@ def make_batch_source(cfg: DatasetConfig, shard_index: int, num_shards: int, hos
         pack_window=cfg.pack_window).open()  # data errors surface before the model takes memory
 
 
-def _accepts_directory(fn: Callable[..., Any]) -> bool:
-    try:
-        return "directory" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+class _IntervalClock:
+    """Wall-clock time of a logging interval, less the host-side pauses (checkpoint writes, evals) inside it.
 
+    A pause first waits for the device work dispatched so far, so that work is counted in the interval and
+    only the pause itself is left out.
+    """
 
-def _data_state(batches: Any, directory: str) -> dict:
-    """The batch source's position; sources that can (HostBatchIterator) also write resume files."""
-    return batches.state(directory=directory) if _accepts_directory(batches.state) else batches.state()
+    def __init__(self):
+        self.restart()
 
+    def restart(self) -> None:
+        self._start, self._paused = time.perf_counter(), 0.0
 
-def _restore_data(batches: Any, data_state: dict, directory: str) -> None:
-    if _accepts_directory(batches.restore):
-        batches.restore(data_state, directory=directory)
-    else:
-        batches.restore(data_state)
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start - self._paused
+
+    @contextlib.contextmanager
+    def excluded(self, outputs: Any):
+        jax.block_until_ready(outputs)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._paused += time.perf_counter() - t0
 
 
 class _Preemption:
@@ -137,13 +145,25 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def _batch_size(train_dataset: DatasetConfig | None, batch_size: int | None) -> int:
+    """The global batch size: the dataset config's (one source of truth), else `batch_size`."""
+    if train_dataset is None:
+        if batch_size is None:
+            raise ValueError("train(batch_source=...) needs batch_size (the global batch size)")
+        return int(batch_size)
+    if batch_size is not None and int(batch_size) != int(train_dataset.batch_size):
+        raise ValueError(f"trainer.train.batch_size={batch_size} disagrees with DatasetConfig.batch_size="
+                         f"{train_dataset.batch_size}; bind BATCH_SIZE once (DatasetConfig.batch_size)")
+    return int(train_dataset.batch_size)
+
+
 def _lengths(train_dataset: DatasetConfig | None, batch_source: Any) -> tuple[int, int]:
     if train_dataset is not None:
         return int(train_dataset.task_feature_lengths["inputs"]), int(train_dataset.task_feature_lengths["targets"])
     return int(batch_source.input_len), int(batch_source.target_len)
 
 
-def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int = 128,
+def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int | None = None,
           train_dataset: DatasetConfig | None = None, batch_source: Any = None,
           partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
           optimizer: Callable[..., Any] = optim.adafactor, learning_rate: Any = None,
@@ -153,17 +173,17 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
           plot: bool = True, stop_after_steps: int | None = None) -> TrainResult:
     """Train `model` to `train_steps` total steps in `model_dir`, resuming from its latest checkpoint.
 
-    Either `train_dataset` (a seqio mixture/task) or `batch_source` (any iterator of host batches with
-    state()/restore(); when they accept `directory=`, each checkpoint gives them a per-host directory for
-    resume files) provides data. `stop_after_steps` stops early (tests), saving a checkpoint. On SIGTERM
+    Either `train_dataset` (a seqio mixture/task) or `batch_source` (an `ext5.data.source.BatchSource`:
+    host batches, state(directory)/restore(state, directory), input_len/target_len) provides data. The
+    global batch size is `train_dataset.batch_size` (the one BATCH_SIZE binding); `batch_size` is needed
+    only with a `batch_source`, and a `batch_size` that disagrees with the dataset's is an error. `stop_after_steps` stops early (tests), saving a checkpoint. On SIGTERM
     the current step is checkpointed and train() returns with `preempted=True`.
     """
     if train_dataset is None and batch_source is None:
         raise ValueError("train() needs train_dataset (a seqio mixture or task) or batch_source")
     # Installed first: a SIGTERM during the restore or the compile also ends in a clean exit.
     with _Preemption(sync_period=log_period) as preemption:
-        if train_dataset is not None and train_dataset.batch_size != batch_size:
-            batch_size = train_dataset.batch_size
+        batch_size = _batch_size(train_dataset, batch_size)
         mesh = partitioning.make_mesh(partition.num_partitions)
         partitioning.check_batch_size(batch_size, mesh, num_microbatches)
         rules = partition.rules()
@@ -182,7 +202,7 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
 
         shard_index, num_shards = partitioning.host_shard_info()
         host_bs = partitioning.host_batch_size(batch_size)
-        batches = batch_source if batch_source is not None else make_batch_source(
+        batches = check_batch_source(batch_source) if batch_source is not None else make_batch_source(
             train_dataset, shard_index, num_shards, host_bs)
 
         ckpt = ckpt_lib.Checkpointer(model_dir, period=checkpoint.period, keep=checkpoint.keep,
@@ -193,7 +213,7 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
             latest_step, restored, data_state = latest
             state = step_lib.TrainState(**restored)
             if data_state:
-                _restore_data(batches, data_state, ckpt.data_dir(latest_step))
+                batches.restore(data_state, ckpt.data_dir(latest_step))
             print(f"[ext5] resumed from {ckpt.directory}/{ckpt_lib.STEP_PREFIX}_{latest_step}", flush=True)
         elif initial_checkpoint_path:
             state = _restore_initial(initial_checkpoint_path, abstract, param_shapes)
@@ -217,7 +237,7 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
         progress = metrics_lib.Progress(train_steps, start_step)
         end_step = train_steps if stop_after_steps is None else min(train_steps, start_step + stop_after_steps)
         pending: list[Mapping[str, jax.Array]] = []
-        t_last = time.time()
+        clock = _IntervalClock()
         step = start_step
 
         def log_row(metrics: list[Mapping[str, jax.Array]], elapsed: float | None) -> dict[str, float]:
@@ -239,7 +259,8 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
         def save(force: bool = False) -> None:
             # The data position is taken only when a checkpoint is written: it may write files.
             if ckpt.should_save(step, force=force):
-                ckpt.save(step, state.as_dict(), _data_state(batches, ckpt.data_dir(step)), meta, force=force)
+                with clock.excluded(state):
+                    ckpt.save(step, state.as_dict(), batches.state(ckpt.data_dir(step)), meta, force=force)
 
         preempted = preemption.stop_at(step)  # a SIGTERM during restore/compile: stop before training
         # Several virtual CPU devices in one process can deadlock in their collectives when consecutive steps
@@ -255,18 +276,24 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
             if step == start_step + 1:
                 jax.block_until_ready(m)  # the first step includes the compile: log it untimed
                 log_row(pending, None)
-                pending, t_last = [], time.time()
+                pending = []
+                clock.restart()
             elif step % log_period == 0 or step == end_step:
-                row = log_row(pending, time.time() - t_last)
+                # The interval ends when its device work has finished (dispatch runs ahead of the device),
+                # and host-side logging is left out of every interval alike.
+                jax.block_until_ready(m)
+                row = log_row(pending, clock.elapsed())
                 if is_chief:
                     progress.print(step, row)
-                pending, t_last = [], time.time()
+                pending = []
+                clock.restart()
             preempted = preemption.stop_at(step)
             if preempted:
                 break
             save()
             if evaluator is not None and eval_period and step % eval_period == 0:
-                eval_history.append(_run_eval(evaluator, state, step, eval_writer))
+                with clock.excluded(state):
+                    eval_history.append(_run_eval(evaluator, state, step, eval_writer))
         if preempted:
             print(f"[ext5] SIGTERM: saving a checkpoint at step {step} and exiting", flush=True)
         ckpt.wait()
