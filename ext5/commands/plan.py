@@ -82,12 +82,11 @@ def train_args_from_gin() -> TrainArgs:
         raise ConfigError("the gin config binds no model for trainer.train; include a model gin "
                           "(e.g. t5_1_1_base.gin) and a run gin (pretrain.gin)")
     ds = get("train_dataset")
-    batch_size = int(get("batch_size"))
     if ds is not None:
-        batch_size = int(ds.batch_size)  # train() lets the dataset's batch size win, so does plan
+        batch_size = int(ds.batch_size)  # train()'s global batch: the dataset's (one BATCH_SIZE binding)
         lengths = ds.task_feature_lengths
     else:
-        lengths = None
+        batch_size, lengths = int(get("batch_size") or 0), None
     if not lengths or "inputs" not in lengths or "targets" not in lengths:
         raise ConfigError("plan needs TASK_FEATURE_LENGTHS = {'inputs': N, 'targets': M} in the gin config")
     return TrainArgs(model=get("model"), partition=get("partition") or partitioning.PartitionConfig(),
