@@ -114,26 +114,10 @@ def test_small_step_on_v4_8_bytes_match_analytic_sizes():
     # once per layer), within the few percent the analytic count leaves out.
     assert r.flops_per_step_xla == pytest.approx(r.flops_per_step_analytic, rel=0.05)
     assert r.step_time_s_estimate > 0 and 0 < r.mfu_ceiling <= 1
-    if r.bytes_per_device["optimizer"] != pytest.approx(opt_b, rel=0.05):
-        replicated = [x.shape for x in jax.tree.leaves(fns.abstract_state.opt_state)
-                      if x.ndim and x.sharding.shard_shape(x.shape) == x.shape and max(x.shape) >= 1024]
-        if replicated:
-            pytest.xfail(f"Adafactor accumulators replicated instead of sharded like their parameters "
-                         f"(step.build's optimizer shardings, e.g. {replicated[0]}): "
-                         f"{r.bytes_per_device['optimizer']} bytes/device vs {opt_b:.0f} analytic")
     assert r.bytes_per_device["optimizer"] == pytest.approx(opt_b, rel=0.05)
 
 
-def _h2_fsdp_landed() -> bool:
-    # H2's fix (issue 12, item 4) constrains activations to keep 'batch' on 'data' at layer boundaries.
-    import ext5.model.t5 as t5
-    src = open(t5.__file__, encoding="utf-8").read()
-    return "activation_partitioning" in src or "fsdp" in src
-
-
 @needs_libtpu
-@pytest.mark.xfail(not _h2_fsdp_landed(), strict=False,
-                   reason="needs FSDP that keeps activations batch-sharded (issue 12 item 4, branch h2)")
 def test_small_step_with_fsdp_shards_params_and_reduce_scatters_gradients():
     from ext5.train import aot
     cfg, partition, fns = _small_step(num_partitions=1, fsdp=True)

@@ -313,6 +313,9 @@ def analyze(text: str, num_devices: int) -> HloStats:
             elif op == "dot" and ins.operands:
                 flops += m * dot_flops(ins.shape, shapes.get(ins.operands[0], ""), ins.attrs)
             kind = _collective_kind(op)
+            if kind == "all-reduce" and name.startswith("all-reduce-scatter"):
+                # TPU's reduce-scatter: an all-reduce and a dynamic slice fused as "all-reduce-scatter".
+                kind = "reduce-scatter"
             if kind:
                 in_bytes = sum(shape_bytes(shapes.get(o, "")) for o in ins.operands)
                 g = _group_size(ins.attrs, num_devices)
