@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel "setuptools<82"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,tpu]"
 	# promptsource 0.2.3 is sdist-only and declares python<3.10; its templates work on 3.11 without its pins.
 	$(BIN)/pip install -q --no-deps --ignore-requires-python promptsource==0.2.3
 	@rm -f $(VENV)/.installed-*

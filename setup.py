@@ -46,6 +46,9 @@ setup(
         # Offline task caching (`ext5 cache`, seqio_cache_tasks) runs on Apache Beam.
         # google-crc32c: Beam's TFRecord writer needs a CRC-32C library.
         "cache": ["apache-beam>=2.50", "google-crc32c>=1.5"],
+        # Ahead-of-time compiles for TPU slices (`ext5 plan`) on any machine, and training on Cloud TPU:
+        # libtpu at the version jax's own `tpu` extra pins for jax 0.10.2.
+        "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.*"],
         "test": ["pytest>=7", "torch==2.13.0", "transformers>=4.40", "apache-beam>=2.50",
                  "google-crc32c>=1.5", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
     },

@@ -53,3 +53,20 @@ def peak_flops_per_device(device_kind: str) -> float | None:
         if key in kind:
             return peak
     return None
+
+
+def remat_flops_per_step(cfg: T5Config, batch_size: int, input_len: int, target_len: int) -> float:
+    """Matmul FLOPs that `cfg.remat_policy` recomputes in the backward pass (0 for 'none').
+
+    'full' saves nothing inside a layer, so every layer's forward runs again (the logits projection is
+    outside the layers and is not recomputed). 'minimal' saves the dense projections' outputs and
+    recomputes only the attention einsums (QK^T and AV, the dots with batch dimensions).
+    """
+    if cfg.remat_policy == "none":
+        return 0.0
+    b, li, lt = float(batch_size), float(input_len), float(target_len)
+    if cfg.remat_policy == "full":
+        return forward_flops(cfg, batch_size, input_len, target_len) - 2 * b * lt * cfg.emb_dim * cfg.vocab_size
+    hd = float(cfg.num_heads * cfg.head_dim)
+    scores = 2 * 2 * b * hd * (cfg.num_encoder_layers * li * li + cfg.num_decoder_layers * (lt * lt + lt * li))
+    return float(scores)

@@ -42,7 +42,12 @@ class PartitionConfig:
 
 
 def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ('data', 'model') mesh over all devices with `num_partitions` devices along 'model'."""
+    """A ('data', 'model') mesh over all devices with `num_partitions` devices along 'model'.
+
+    On TPU the layout follows the torus (ICI): jax's `create_device_mesh` when it can map each mesh axis
+    onto whole physical axes, else `torus_device_grid` (the model axis on a contiguous sub-block of the
+    torus). A layout that ignores the torus is used only as a last resort, with a warning.
+    """
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices)
     if num_partitions < 1 or n % num_partitions:
@@ -50,12 +55,70 @@ def make_mesh(num_partitions: int = 1, devices: Sequence[jax.Device] | None = No
             f"num_partitions={num_partitions} does not divide the {n} devices; "
             f"set --gin.partitioning.PartitionConfig.num_partitions to a divisor of {n}")
     shape = (n // num_partitions, num_partitions)
+    on_torus = all(getattr(d, "coords", None) is not None for d in devices)
     try:
         from jax.experimental import mesh_utils
         grid = mesh_utils.create_device_mesh(shape, devices)
-    except Exception:  # CPU/unknown topologies: any order is fine, the ICI layout is moot.
-        grid = np.asarray(devices).reshape(shape)
+    except Exception as e:  # noqa: BLE001 -- jax raises NotImplementedError/ValueError for unmappable shapes
+        grid = torus_device_grid(devices, num_partitions) if on_torus else None
+        if grid is None:
+            if on_torus:
+                logging.warning("make_mesh: no torus-aware layout for mesh %s on these %d devices (%s); falling "
+                                "back to device order, collectives may cross more ICI hops than needed",
+                                shape, n, str(e).splitlines()[0][:160])
+            grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, ("data", "model"))
+
+
+def _block_shape(dims: tuple[int, ...], size: int) -> tuple[int, ...] | None:
+    """The sub-block of a torus with `dims` holding `size` devices that is best for the model axis: it
+    splits as few physical axes as possible (a whole axis keeps its wraparound ring), then is as compact
+    as possible (more links per device), then prefers the earlier axes."""
+    best, best_key = None, None
+
+    def rec(k: int, left: int, acc: tuple[int, ...]):
+        nonlocal best, best_key
+        if k == len(dims):
+            if left == 1:
+                partial = sum(1 < b < d for b, d in zip(acc, dims))
+                key = (partial, max(acc), tuple(-b for b in acc))
+                if best_key is None or key < best_key:
+                    best, best_key = acc, key
+            return
+        for b in range(1, dims[k] + 1):
+            if dims[k] % b == 0 and left % b == 0:
+                rec(k + 1, left // b, acc + (b,))
+
+    rec(0, size, ())
+    return best
+
+
+def torus_device_grid(devices: Sequence[Any], num_partitions: int) -> np.ndarray | None:
+    """A (data, model) device grid whose model groups are contiguous sub-blocks of the TPU torus.
+
+    jax's `create_device_mesh` needs each mesh axis to be a product of whole physical axes, so e.g. 16-way
+    model parallelism on v4-512 (a 4x8x8 torus) has no layout there. Here the model axis takes a 4x4x1
+    block (x whole, y split), and the data axis walks the blocks. None when devices carry no coordinates.
+    """
+    try:
+        coords = [tuple(d.coords) + (int(getattr(d, "core_on_chip", 0)),) for d in devices]
+    except (AttributeError, TypeError):
+        return None
+    # Physical axes (core on chip, x, y, z): a grid indexed by each device's coordinates.
+    coords = [(c[-1],) + c[:-1] for c in coords]
+    phys = tuple(max(c[i] for c in coords) + 1 for i in range(len(coords[0])))
+    if int(np.prod(phys)) != len(devices) or len(set(coords)) != len(devices):
+        return None
+    grid = np.empty(phys, dtype=object)
+    for d, c in zip(devices, coords):
+        grid[c] = d
+    block = _block_shape(phys, num_partitions)
+    if block is None:
+        return None
+    split = grid.reshape([x for p, b in zip(phys, block) for x in (p // b, b)])
+    k = len(phys)
+    split = split.transpose([2 * i for i in range(k)] + [2 * i + 1 for i in range(k)])
+    return split.reshape(len(devices) // num_partitions, num_partitions)
 
 
 def data_parallel_size(mesh: Mesh) -> int:
