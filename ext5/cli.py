@@ -3,9 +3,12 @@
   t5x train --gin_file=local_tiny.gin --gin.MODEL_DIR="'/tmp/m'" --gin.TRAIN_STEPS=20
   ext5 eval --gin_file=local_tiny.gin --gin_file=eval.gin --gin.CHECKPOINT_PATH="'/tmp/m'"
 
-Flags: --gin_file (repeatable; packaged files resolve by name), --gin_bindings (repeatable), --gin.NAME=VALUE,
---gin_search_paths, --tfds_data_dir, --seqio_additional_cache_dirs, --module_import, and the multi-host
-flags --multiprocess_gpu, --coordinator_address, --process_count, --process_index.
+t5x's flags: --gin_file (repeatable; packaged files resolve by name), --gin_bindings (repeatable),
+--gin.NAME=VALUE, --gin_search_paths, --tfds_data_dir, --seqio_additional_cache_dirs, and the multi-host
+flags --multiprocess_gpu, --coordinator_address, --process_count, --process_index. ext5's own:
+--module_import (t5x's way, --gin.MIXTURE_OR_TASK_MODULE, works too). t5x's configurable names are
+accepted in gin files and bindings (`ext5.t5x_names`). The flags are declared here once; the subcommands
+that take them (`ext5 experiment`, ...) add them with `add_gin_flags` / `add_data_flags`.
 This module is thin on purpose: parse flags and gin, then call one importable function.
 """
 from __future__ import annotations
@@ -24,17 +27,37 @@ SUBCOMMANDS = {"convert": "convert", "inspect": "inspect_cmd", "experiment": "ex
                "plan": "plan", "report": "report"}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ext5", allow_abbrev=False, description="Extreme multi-task T5 (ExT5, T0) on JAX, t5x-style.")
-    p.add_argument("command", choices=COMMANDS + tuple(SUBCOMMANDS),
-                   help="what to run (convert|inspect|experiment|cache take their own flags: ext5 CMD --help)")
+def add_gin_flags(p: argparse.ArgumentParser) -> None:
+    """t5x's gin flags: --gin_file, --gin_bindings, --gin_search_paths (`--gin.NAME=VALUE` is rewritten by
+    `config.rewrite_gin_args` before argparse sees it)."""
     p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later wins)")
     p.add_argument("--gin_bindings", action="append", default=[], help="gin binding 'NAME = VALUE' (repeatable)")
     p.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated gin folders")
+
+
+def add_data_flags(p: argparse.ArgumentParser, *, cache_dirs: bool = True) -> None:
+    """t5x's --tfds_data_dir and --seqio_additional_cache_dirs, and ext5's own --module_import."""
     p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
-    p.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
-                   help="extra directories to look for seqio task caches")
-    p.add_argument("--module_import", action="append", default=[], help="module to import (registers tasks)")
+    if cache_dirs:
+        p.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
+                       help="extra directories to look for seqio task caches")
+    p.add_argument("--module_import", action="append", default=[],
+                   help="ext5's own: module to import first, to register tasks (t5x: --gin.MIXTURE_OR_TASK_MODULE)")
+
+
+def data_flags_argv(args: argparse.Namespace) -> list[str]:
+    """The data flags of `args` as command-line flags again, for a child `ext5 train` process."""
+    return ([f"--tfds_data_dir={args.tfds_data_dir}"] if args.tfds_data_dir else []) + [
+        f"--seqio_additional_cache_dirs={d}" for d in getattr(args, "seqio_additional_cache_dirs", [])] + [
+        f"--module_import={m}" for m in args.module_import]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ext5", allow_abbrev=False, description="Extreme multi-task T5 (ExT5, T0) on JAX, t5x-style.")
+    p.add_argument("command", choices=COMMANDS + tuple(SUBCOMMANDS),
+                   help=f"what to run ({'|'.join(SUBCOMMANDS)} take their own flags: ext5 CMD --help)")
+    add_gin_flags(p)
+    add_data_flags(p)
     p.add_argument("--multiprocess_gpu", action="store_true", help="initialise jax.distributed for multi-GPU hosts")
     p.add_argument("--coordinator_address", default=None, help="host:port of process 0 (jax.distributed)")
     p.add_argument("--process_count", type=int, default=None, help="number of processes (jax.distributed)")
@@ -55,14 +78,23 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def apply_data_flags(args: argparse.Namespace) -> None:
     """--tfds_data_dir, --seqio_additional_cache_dirs and --module_import (shared with `ext5 experiment`)."""
-    if args.tfds_data_dir or args.seqio_additional_cache_dirs:
+    cache_dirs = getattr(args, "seqio_additional_cache_dirs", [])
+    if args.tfds_data_dir or cache_dirs:
         import seqio
         if args.tfds_data_dir:
             seqio.set_tfds_data_dir_override(args.tfds_data_dir)
-        if args.seqio_additional_cache_dirs:
-            seqio.add_global_cache_dirs(args.seqio_additional_cache_dirs)
+        if cache_dirs:
+            seqio.add_global_cache_dirs(cache_dirs)
     for m in args.module_import:
-        importlib.import_module(m)
+        import_task_module(m, "--module_import")
+
+
+def import_task_module(module: str, what: str) -> None:
+    """Import a module that registers tasks; a missing one is a one-line error."""
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise UsageError(f"{what}={module!r} cannot be imported ({e}); check the module name and PYTHONPATH") from None
 
 
 def _setup(args: argparse.Namespace, bindings: list[str]) -> None:
@@ -73,6 +105,9 @@ def _setup(args: argparse.Namespace, bindings: list[str]) -> None:
         process_count=args.process_count, process_index=args.process_index)
     apply_data_flags(args)
     config.parse(args.gin_file, bindings, args.gin_search_paths)
+    module = config.macro("MIXTURE_OR_TASK_MODULE")  # t5x's way to register a user's tasks
+    if module:
+        import_task_module(module, "MIXTURE_OR_TASK_MODULE")
 
 
 def run_train(args: argparse.Namespace, bindings: list[str]):
@@ -85,9 +120,6 @@ def run_train(args: argparse.Namespace, bindings: list[str]):
     name = config.macro("MIXTURE_OR_TASK_NAME")
     if name:
         from ext5.data import pipeline
-        module = config.macro("MIXTURE_OR_TASK_MODULE")
-        if module:
-            importlib.import_module(module)
         pipeline.check_registered(name)
         if config.macro("USE_CACHED_TASKS"):
             from ext5.commands.cache import check_cached

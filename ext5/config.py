@@ -1,9 +1,11 @@
-"""Gin plumbing, t5x-style: packaged search path, `--gin.X=V` rewriting, one-line errors, config dump.
+"""Gin plumbing, t5x-style: packaged search path, `--gin.X=V` rewriting, t5x's configurable names
+(`ext5.t5x_names`), one-line errors, config dump.
 
 Only the CLI layer uses this module; the model, trainer and data modules never import gin.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 import gin
+
+from ext5 import t5x_names
 
 
 class _DropGinSearchNoise(logging.Filter):
@@ -83,8 +87,23 @@ def _resolve(name: str, paths: Sequence[str]) -> str:
                       f"pass a path or add its folder with --gin_search_paths")
 
 
+def _parse_file(path: str) -> None:
+    """Parse one gin file; a file written with t5x's names (`from t5x import utils`, `utils.DatasetConfig`,
+    ...) is parsed as its ext5 translation, under its own name so errors still point into it."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    translated = t5x_names.translate_config(text)
+    if translated == text:
+        gin.parse_config_file(path)
+    else:
+        stream = io.StringIO(translated)
+        stream.name = path  # gin's error locations
+        gin.parse_config(stream)
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str], extra_search_paths: Sequence[str] = ()) -> None:
-    """Parse gin files and bindings (later ones win, as in t5x), turning gin's errors into ConfigError."""
+    """Parse gin files and bindings (later ones win, as in t5x), turning gin's errors into ConfigError.
+    t5x's configurable names are accepted in both and mean the same here (`ext5.t5x_names`)."""
     if not gin_files:
         raise ConfigError("no --gin_file given; e.g. --gin_file=local_tiny.gin (see `ext5 train --help`)")
     paths = search_paths(extra_search_paths)
@@ -93,14 +112,28 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str], extra_search_paths:
         gin.add_config_file_search_path(p)
     files = [_resolve(f, paths) for f in gin_files]
     try:
-        gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=True)
+        for f in files:
+            _parse_file(f)
+        gin.parse_config([t5x_names.translate_binding(b) for b in bindings])
+        gin.finalize()
+    except t5x_names.T5xNameError as e:
+        raise ConfigError(str(e)) from None
     except ValueError as e:
         msg = str(e).splitlines()[0]
         m = re.match(r"(\w+)/macro\.value set to `%gin\.REQUIRED`", msg)
         if m:
             raise ConfigError(f"missing required gin macro {m.group(1)}: set it with "
                               f"--gin.{m.group(1)}=... or in your gin file") from None
+        m = re.match(r"No configurable matching '([\w.]+)'", msg)
+        hint = t5x_names.hint_for_unknown(m.group(1)) if m else None
+        if hint:
+            raise ConfigError(hint) from None
         raise ConfigError(f"gin: {' '.join(str(e).split())}") from None
+    except (NameError, AttributeError) as e:  # dynamic registration: an unimported module or unknown name
+        first = str(e).splitlines()[0]
+        m = re.search(r"selector ([\w.]+);|'(\w+)' was not provided", first)
+        hint = t5x_names.hint_for_unknown(next(g for g in m.groups() if g)) if m else None
+        raise ConfigError(hint or f"gin: {' '.join(str(e).split())}") from None
     except (SyntaxError, tokenize.TokenError) as e:
         where = f"{getattr(e, 'filename', None) or 'bindings'}:{getattr(e, 'lineno', None) or '?'}"
         raise ConfigError(f"gin syntax error at {where}: {' '.join(str(e).split())}; "

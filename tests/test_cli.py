@@ -97,3 +97,35 @@ def test_t5x_train_resume_then_eval_from_any_directory(tmp_path):
                 "local_classify_score_eval/accuracy"):
         assert 0.0 <= metrics[key] <= 100.0, (key, metrics)
     assert "local_nli_score_eval" in out
+
+
+def test_local_gins_fit_num_partitions_to_the_devices():
+    from ext5.train.partitioning import fit_partitions
+    got = {n: fit_partitions(2, devices=[object()] * n) for n in (1, 2, 3, 4, 6, 8)}
+    assert got == {1: 1, 2: 2, 3: 1, 4: 2, 6: 2, 8: 2}
+    assert fit_partitions(4, devices=[object()] * 6) == 3 and fit_partitions(8, devices=[object()] * 8) == 8
+    for gin_file in ("local_tiny.gin", "local_finetune_tiny.gin", "experiments/transfer_tiny.gin"):
+        config.parse([gin_file], ["MODEL_DIR = '/tmp/x'", "INITIAL_CHECKPOINT_PATH = '/tmp/y'"])
+        import gin
+        from ext5.train import partitioning
+        assert gin.get_configurable(partitioning.PartitionConfig)().num_partitions == 2  # 8 devices here
+
+
+def test_t5x_flags_are_declared_once():
+    from ext5.commands import experiment
+
+    def flags(parser):
+        return {s for a in parser._actions for s in a.option_strings}
+    shared = {"--gin_file", "--gin_bindings", "--gin_search_paths", "--tfds_data_dir",
+              "--seqio_additional_cache_dirs", "--module_import"}
+    assert shared <= flags(cli.build_parser()) and shared <= flags(experiment.build_parser())
+    args = experiment.build_parser().parse_args(["transfer", "--tfds_data_dir=/d", "--module_import=a.b",
+                                                 "--seqio_additional_cache_dirs=/c"])
+    assert cli.data_flags_argv(args) == ["--tfds_data_dir=/d", "--seqio_additional_cache_dirs=/c",
+                                         "--module_import=a.b"]
+
+
+def test_report_is_a_subcommand(capsys, tmp_path):
+    (tmp_path / "metrics_step3.json").write_text('{"x/accuracy": 50.0}')
+    err = _error(capsys, ["report", str(tmp_path)])
+    assert "no '<task>/accuracy' scores of T0 evaluation prompts" in err

@@ -20,7 +20,7 @@ import seqio
 import t0_fixtures as fixtures
 
 import ext5.tasks  # noqa: F401  (registers everything)
-from ext5 import config
+from ext5 import cli, config
 from ext5.data import prompts, sources
 from ext5.eval import report
 from ext5.tasks import t0
@@ -300,7 +300,7 @@ def _evaluate_and_report(rows, rte, tmp_path):
     # Each task scores the examples its template renders (all labelled rows): accuracy in 1/n steps.
     n = len(rows) - 1
     assert all(abs(a * n / 100 - round(a * n / 100)) < 1e-6 for a in accs)
-    assert report.main([str(tmp_path / "eval"), "--out", str(tmp_path / "report")]) == 0
+    assert cli.main(["report", str(tmp_path / "eval"), "--out", str(tmp_path / "report")]) == 0
     with open(tmp_path / "report" / "t0_report.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["dataset"] == "super_glue/rte" and int(row["prompts"]) == 10
@@ -314,7 +314,7 @@ def _evaluate_and_report(rows, rte, tmp_path):
 
 
 def test_report_errors_are_one_line(tmp_path):
-    assert report.main([str(tmp_path)]) == 2
+    assert cli.main(["report", str(tmp_path)]) == 2
     with pytest.raises(report.UsageError, match="no '<task>/accuracy' scores"):
         report.write_report({"x/accuracy": 1.0}, str(tmp_path / "r"))
 

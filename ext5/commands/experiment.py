@@ -3,14 +3,14 @@
   ext5 experiment transfer --gin_file=experiments/transfer_tiny.gin --families nli,classify,summarize \\
       --steps 200 --out /tmp/transfer
 
-Takes the same gin flags as `ext5 train` (--gin_file, --gin_bindings, --gin.NAME=VALUE,
---gin_search_paths, --module_import, --tfds_data_dir, --seqio_additional_cache_dirs).
+Takes the same gin and data flags as `ext5 train` (declared once, in `ext5.cli`).
 """
 from __future__ import annotations
 
 import argparse
 from typing import Sequence
 
+from ext5 import cli
 from ext5.errors import UsageError
 
 EXPERIMENTS = ("transfer",)
@@ -21,13 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Multi-run experiments (ExT5 family transfer).")
     p.add_argument("experiment", choices=EXPERIMENTS,
                    help="transfer: family x family co-training matrix (ExT5 Figure 1)")
-    p.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable; later wins)")
-    p.add_argument("--gin_bindings", action="append", default=[], help="gin binding 'NAME = VALUE' (repeatable)")
-    p.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated gin folders")
-    p.add_argument("--module_import", action="append", default=[], help="module to import (registers tasks)")
-    p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
-    p.add_argument("--seqio_additional_cache_dirs", action="append", default=[],
-                   help="extra directories to look for seqio task caches")
+    cli.add_gin_flags(p)
+    cli.add_data_flags(p)
     p.add_argument("--mixture", default=None,
                    help="base mixture whose tasks are grouped by family (default: the gin's MIXTURE_OR_TASK_NAME)")
     p.add_argument("--families", default=None,
@@ -52,12 +47,8 @@ def main(argv: Sequence[str]) -> int:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families else None
-    from ext5.cli import apply_data_flags
-    apply_data_flags(args)
-    # Each run is `ext5 train` in its own process: it gets the same data flags.
-    train_flags = ([f"--tfds_data_dir={args.tfds_data_dir}"] if args.tfds_data_dir else []) + [
-        f"--seqio_additional_cache_dirs={d}" for d in args.seqio_additional_cache_dirs] + [
-        f"--module_import={m}" for m in args.module_import]
+    cli.apply_data_flags(args)
+    train_flags = cli.data_flags_argv(args)  # each run is `ext5 train` in its own process: same data flags
     from ext5.experiments import transfer
     transfer.run(args.gin_file, list(args.gin_bindings) + gin_flag_bindings, out_dir=args.out,
                  families=families, steps=args.steps, mixture=args.mixture,

@@ -8,14 +8,13 @@ Input: the per-task metrics an evaluation wrote (`ext5 eval` -> <output_dir>/met
   boxplots/<dataset>.png  the accuracies of the dataset's prompts as a box plot (as the T0 paper's figures)
   t0_boxplots.png         all datasets side by side, grouped by cluster
 
-  python -m ext5.eval.report RESULTS [--out OUT_DIR] [--step N] [--metric accuracy]
+  ext5 report RESULTS [--out OUT_DIR] [--step N] [--metric accuracy]     (ext5.commands.report)
 
 RESULTS is an eval output directory (the latest metrics_step<N>.json in it, or --step) or one JSON file.
 Tasks are grouped with the T0 catalog (ext5.tasks.t0): ANLI rounds are separate datasets (anli_r1..r3).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import glob
@@ -199,29 +198,3 @@ def write_report(scores: Mapping[str, float], out_dir: str,
     plots = plot(summaries, out_dir)
     return {"csv": csv_path, "markdown": md_path, "plots": os.path.join(out_dir, "boxplots"),
             "overview": plots[-1]}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ext5.eval.report", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", help="eval output dir (metrics_step<N>.json) or a metrics JSON file")
-    p.add_argument("--out", default=None, help="output directory (default: RESULTS dir / t0_report)")
-    p.add_argument("--step", type=int, default=None, help="which metrics_step<N>.json (default latest)")
-    p.add_argument("--metric", default="accuracy", help="metric name in '<task>/<metric>'")
-    args = p.parse_args(argv)
-    try:
-        scores, step = load_scores(args.results, args.step)
-        base = args.results if os.path.isdir(args.results) else os.path.dirname(args.results)
-        out = args.out or os.path.join(base or ".", "t0_report")
-        title = "T0 zero-shot evaluation: median accuracy over prompts" + (
-            f" (step {step})" if step is not None else "")
-        paths = write_report(scores, out, metric=args.metric, title=title)
-    except UsageError as e:
-        print(f"ext5 report: error: {e}")
-        return 2
-    print(open(paths["markdown"], encoding="utf-8").read())
-    print(f"[ext5] wrote {paths['csv']}, {paths['markdown']}, {paths['plots']}/*.png, {paths['overview']}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -25,12 +25,21 @@ def load_params(checkpoint_path: str, model: T5Config,
 
 def evaluate(*, model: T5Config, checkpoint_path: str, evaluator: Any, output_dir: str | None = None,
              partition: partitioning.PartitionConfig = partitioning.PartitionConfig()) -> dict[str, float]:
-    """Evaluate one checkpoint with a SeqioEvaluator; prints a per-task table and writes JSON."""
+    """Evaluate one checkpoint with a SeqioEvaluator; prints a per-task table and writes, in `output_dir`
+    (default CHECKPOINT_PATH/eval) metrics_step<N>.json and TensorBoard events, as evaluation during training
+    does in MODEL_DIR/eval (whose metrics.jsonl stays the training run's record)."""
+    import jax
+    from ext5.train import metrics as metrics_lib
     params, step = load_params(checkpoint_path, model, partition)
-    evaluator.output_dir = output_dir or os.path.join(checkpoint_path, "eval")
+    out = output_dir or os.path.join(checkpoint_path, "eval")
+    evaluator.output_dir = None  # the writers below write its JSON, beside the TensorBoard events
     scores = evaluator(params, step)
     print(format_table(scores, step))
-    print(f"[ext5] wrote {os.path.join(evaluator.output_dir, f'metrics_step{step}.json')}")
+    if jax.process_index() == 0:
+        writer = metrics_lib.create_dir_writer(out, jsonl=False, step_json=True)
+        writer.write_scalars(step, scores)
+        writer.close()
+        print(f"[ext5] wrote {os.path.join(out, f'metrics_step{step}.json')} and TensorBoard events in {out}")
     return scores
 
 

@@ -37,6 +37,34 @@ class JsonlWriter:
         self._f.close()
 
 
+def write_step_json(directory: str, step: int, scalars: Mapping[str, float]) -> str:
+    """`directory/metrics_step<step>.json`, a flat {"task/metric": value} object (what `ext5 report` reads),
+    written atomically (temp file + rename) so a reader never sees half a file."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"metrics_step{int(step)}.json")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({k: float(v) for k, v in scalars.items()}, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+class StepJsonWriter:
+    """Each write becomes its own `metrics_step<N>.json` (evaluation results: one file per evaluated step)."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        write_step_json(self.directory, step, scalars)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class MultiWriter:
     def __init__(self, writers: list[Any]):
         self.writers = writers
@@ -62,14 +90,23 @@ class _NullWriter:
 
 def create_writer(model_dir: str, name: str = "train", *, is_chief: bool = True,
                   tensorboard: bool = True) -> Writer:
-    """TensorBoard (clu) + JSONL writer under MODEL_DIR/<name> on the chief host; nothing elsewhere."""
+    """Writers for MODEL_DIR/<name> on the chief host, nothing elsewhere: TensorBoard (clu) + metrics.jsonl,
+    and for "eval" also a metrics_step<N>.json per evaluation (the layout `ext5 eval` writes too)."""
     if not is_chief:
         return _NullWriter()
-    writers: list[Any] = [JsonlWriter(os.path.join(model_dir, name, "metrics.jsonl"))]
+    return create_dir_writer(os.path.join(model_dir, name), tensorboard=tensorboard, step_json=name == "eval")
+
+
+def create_dir_writer(directory: str, *, tensorboard: bool = True, jsonl: bool = True,
+                      step_json: bool = False) -> Writer:
+    """TensorBoard events (clu, when TF is importable), metrics.jsonl and/or metrics_step<N>.json in `directory`."""
+    writers: list[Any] = [JsonlWriter(os.path.join(directory, "metrics.jsonl"))] if jsonl else []
+    if step_json:
+        writers.append(StepJsonWriter(directory))
     if tensorboard:
         try:
             from clu import metric_writers  # imports TensorFlow
-            writers.append(metric_writers.create_default_writer(os.path.join(model_dir, name), asynchronous=False))
+            writers.append(metric_writers.create_default_writer(directory, asynchronous=False))
         except ImportError as e:  # TF/tensorboard absent: JSONL only.
             logging.info("TensorBoard writer unavailable (%s); writing JSONL only", e)
     return MultiWriter(writers)

@@ -205,3 +205,11 @@ def maybe_initialize_distributed(*, multiprocess_gpu: bool = False, coordinator_
                                    process_id=process_index)
     elif len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1:
         jax.distributed.initialize()
+
+
+def fit_partitions(preferred: int = 2, devices: Sequence[jax.Device] | None = None) -> int:
+    """The largest divisor of the device count that is <= `preferred`: model parallelism where the devices
+    allow it, and 1 on a single device. The local gins bind num_partitions to it so they run anywhere; an
+    explicit num_partitions is never adjusted (make_mesh rejects one that does not divide the devices)."""
+    n = len(devices if devices is not None else jax.devices())
+    return max(d for d in range(1, max(1, min(preferred, n)) + 1) if n % d == 0)
