@@ -1,6 +1,6 @@
 """The ExMIX catalogue (exmix_catalog.csv, next to this file) as typed rows.
 
-The CSV is a copy of ../shared/catalog/exmix_catalog.csv with machine-readable columns appended
+The CSV is the ExT5 paper's ExMIX task list (Aribandi et al., 2021, appendix) with machine-readable columns appended
 (see docs/exmix.md, "Catalogue columns"). Everything the registry does is driven by these
 rows: adding a dataset is adding a row. Loading is pure Python (no TF, no data access).
 """
