@@ -231,9 +231,21 @@ def _emit_json(obj: dict[str, Any], path: str) -> None:
             f.write(text + "\n")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """plan's own flags plus train's (gin and data flags), as `ext5 plan --help` shows them."""
+    from ext5 import cli
+    p = _parser()
+    cli.add_gin_flags(p)
+    cli.add_data_flags(p)
+    return p
+
+
 def main(argv: Sequence[str]) -> int:
     from ext5 import cli, config
     from ext5.train import aot
+    if any(a in ("-h", "--help") for a in argv):
+        build_parser().print_help()
+        return 0
     own, rest = _parser().parse_known_args(list(argv))
     args, bindings = cli.parse_args(["plan", *rest])
     cli.apply_data_flags(args)
