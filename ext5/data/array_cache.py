@@ -126,7 +126,8 @@ class CachedSplit:
         return self.num_examples
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_readers": {}}  # readers hold file handles: reopened where used
+        # Readers hold file handles and lengths may be memory-mapped: both reopened where used.
+        return {**self.__dict__, "_readers": {}, "_lengths": None}
 
     def _fail(self, shard: int, what: str) -> CacheError:
         return CacheError(f"ArrayRecord shard {os.path.join(self.task_dir, self.files[shard])} is {what}; "

@@ -137,6 +137,14 @@ class HostBatchIterator:
 
     # -- stream
     @property
+    def input_len(self) -> int:
+        return self.args["task_feature_lengths"]["inputs"]
+
+    @property
+    def target_len(self) -> int:
+        return self.args["task_feature_lengths"]["targets"]
+
+    @property
     def _lengths(self) -> dict[str, int]:
         return {k: self.args["task_feature_lengths"][k] for k in ("inputs", "targets")}
 
