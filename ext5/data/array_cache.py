@@ -204,3 +204,21 @@ class CachedSplit:
         for r in self._readers.values():
             r.close()
         self._readers = {}
+
+
+def write_split(task_dir: str, split: str, examples: Sequence[Mapping[str, Any]], num_shards: int = 1) -> None:
+    """Writes `examples` as a complete local ArrayRecord cache of one split (shards, lengths, index), in order.
+
+    `ext5 cache` writes the same files from Beam; this is for tests, benchmarks and small local data."""
+    os.makedirs(task_dir, exist_ok=True)
+    records = [encode(ex) for ex in examples]
+    bounds = np.linspace(0, len(records), num_shards + 1).astype(int)
+    shards = []
+    for s in range(num_shards):
+        part = records[bounds[s]:bounds[s + 1]]
+        name = shard_name(split, s, num_shards)
+        write_shard(os.path.join(task_dir, name), part)
+        np.save(os.path.join(task_dir, lengths_name(split, s, num_shards)), record_lengths(part), allow_pickle=False)
+        shards.append({"file": name, "examples": len(part)})
+    with open(index_path(task_dir, split), "w", encoding="utf-8") as f:
+        json.dump({"format": FORMAT, "features": list(FEATURES), "shards": shards, "examples": len(records)}, f)

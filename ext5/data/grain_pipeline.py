@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import sys
+import threading
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -99,8 +100,9 @@ class MixtureIndex:
             raise ValueError("a task with a positive rate has no examples")
         p = p / p.sum()
         positive = p[p > 0]
-        # Enough slots that the smallest rate rounds to within 1% of itself.
-        m = int(max(sizes.sum(), min_epoch, math.ceil(100 / positive.min()), len(p)))
+        # One slot per cached example (examples-proportional rates then hold every example once per epoch), and
+        # enough that the smallest rate gets >= 20 slots, so no rate is off by more than 5% by rounding.
+        m = int(max(sizes.sum(), min_epoch, math.ceil(20 / positive.min()), len(p)))
         m = min(m, 1 << 40)
         raw = p * m
         counts = np.floor(raw).astype(np.int64)
@@ -264,11 +266,17 @@ class GrainBatchSource:
             return self.build(rows)
         if self._it is None:
             self._it = self._worker_iterator(self._start)
-        return next(self._it)
+        # Copied out of grain's shared memory, which is then released.
+        return {k: np.array(v) for k, v in next(self._it).items()}
 
     def _worker_iterator(self, start: Mapping[str, Any]):
         import grain
-        ds = grain.MapDataset.source(_BatchesFrom(self, start)).to_iter_dataset()
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; ext5's CLI parses its own (argparse)
+            flags.FLAGS.mark_as_parsed()
+        # One reading thread per worker: its plan advances sequentially (_BatchesFrom is also locked).
+        ds = grain.MapDataset.source(_BatchesFrom(self, start)).to_iter_dataset(
+            grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
         return iter(ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers)))
 
     # -- data position
@@ -322,14 +330,22 @@ class _BatchesFrom:
         self.source, self.start = source, dict(start)
         self._plan: _Plan | None = None
         self._done = 0
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {"source": self.source, "start": self.start, "_plan": None, "_done": 0}
+        return {"source": self.source, "start": self.start}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["source"], state["start"])
 
     def __len__(self) -> int:
         return sys.maxsize
 
     def __getitem__(self, j: int) -> dict[str, np.ndarray]:
+        with self._lock:
+            return self._get(j)
+
+    def _get(self, j: int) -> dict[str, np.ndarray]:
         if self._plan is None or j < self._done:
             self._plan = self.source._new_plan()
             self._plan.load(self.start)
