@@ -29,11 +29,42 @@ def mixture_tasks(name: str) -> list[tuple[Any, float]]:
     return [(t, float(provider.get_rate(t))) for t in provider.tasks]
 
 
-def uncached_tasks(name: str, split: str) -> list[str]:
-    """Tasks of `name` (with a positive rate) that have no ArrayRecord cache for `split`."""
+def post_cache_eos(task: Any) -> dict[str, tuple[int, bool]] | None:
+    """The EOS that `task`'s preprocessors after its cache point add, as {feature: (eos_id, after_trim)}; None if
+    they do more than append EOS (e.g. random span corruption), which only the tf.data path can run."""
+    import seqio
+    procs = list(task.preprocessors)
+    marks = [i for i, p in enumerate(procs) if isinstance(p, seqio.CacheDatasetPlaceholder)]
+    if not marks:
+        return None
+    spec: dict[str, tuple[int, bool]] = {}
+    for p in procs[marks[0] + 1:]:
+        fn = getattr(p, "func", p)
+        if fn is seqio.preprocessors.append_eos_after_trim:
+            after_trim = True
+        elif fn is seqio.preprocessors.append_eos:
+            after_trim = False
+        else:
+            return None
+        for f in ("inputs", "targets"):
+            feat = task.output_features.get(f)
+            if feat is not None and feat.add_eos:
+                spec[f] = (int(feat.vocabulary.eos_id), after_trim)
+    return spec
+
+
+def grain_blockers(name: str, split: str) -> list[str]:
+    """Why tasks of `name` (with a positive rate) cannot be read by the grain pipeline: one phrase each."""
     from ext5.data import array_cache
-    return [t.name for t, rate in mixture_tasks(name)
-            if rate > 0 and not array_cache.has_index(t.cache_dir, split)]
+    out = []
+    for t, rate in mixture_tasks(name):
+        if rate <= 0:
+            continue
+        if post_cache_eos(t) is None:
+            out.append(f"{t.name} (preprocessors after its cache point other than append_eos)")
+        elif not array_cache.has_index(t.cache_dir, split):
+            out.append(f"{t.name} (no ArrayRecord cache for split '{split}')")
+    return out
 
 
 def grain_source(name: str, split: str, input_len: int, target_len: int, global_batch_size: int, *,
@@ -42,13 +73,14 @@ def grain_source(name: str, split: str, input_len: int, target_len: int, global_
     """The grain batch source of a cached mixture/task (every task needs `ext5 cache`'s ArrayRecord files)."""
     from ext5.data.array_cache import CachedSplit
     from ext5.data.grain_pipeline import GrainBatchSource
-    missing = uncached_tasks(name, split)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise UsageError(f"the grain pipeline needs ArrayRecord caches, but {shown} of '{name}' "
-                         f"{'has' if len(missing) == 1 else 'have'} none for split '{split}'; run `ext5 cache "
-                         f"--tasks={name} --output_cache_dir=DIR` and pass --seqio_additional_cache_dirs=DIR")
-    tasks = [(t.name, CachedSplit(t.cache_dir, split, t.name), rate) for t, rate in mixture_tasks(name) if rate > 0]
+    blockers = grain_blockers(name, split)
+    if blockers:
+        shown = ", ".join(blockers[:3]) + (f" and {len(blockers) - 3} more" if len(blockers) > 3 else "")
+        raise UsageError(f"the grain pipeline cannot read {shown} of '{name}'; run `ext5 cache --tasks={name} "
+                         f"--output_cache_dir=DIR` with --seqio_additional_cache_dirs=DIR, or use "
+                         f"DatasetConfig.pipeline='tf.data'")
+    tasks = [(t.name, CachedSplit(t.cache_dir, split, t.name), rate, post_cache_eos(t))
+             for t, rate in mixture_tasks(name) if rate > 0]
     return GrainBatchSource(tasks, input_len, target_len, global_batch_size, shard_index=shard_index,
                             num_shards=num_shards, seed=seed, shuffle=shuffle, pack=pack, pack_window=pack_window,
                             workers=workers)
@@ -70,10 +102,9 @@ def choose(cfg: Any) -> tuple[str, str]:
         return "tf.data", "tasks read uncached (USE_CACHED_TASKS=False)"
     if cfg.packer != "best_fit":
         return "tf.data", f"packer={cfg.packer!r}"
-    missing = uncached_tasks(cfg.mixture_or_task_name, cfg.split)
-    if missing:
-        return "tf.data", (f"{len(missing)} task(s) have no ArrayRecord cache (e.g. {missing[0]}); "
-                           "`ext5 cache` writes them")
+    blockers = grain_blockers(cfg.mixture_or_task_name, cfg.split)
+    if blockers:
+        return "tf.data", f"the grain pipeline cannot read {len(blockers)} task(s), e.g. {blockers[0]}"
     return "grain", "every task has an ArrayRecord cache"
 
 

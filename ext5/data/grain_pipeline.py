@@ -181,7 +181,9 @@ class GrainBatchSource:
     """This host's batches of a cached mixture: `__next__() -> dict[str, np.ndarray]` in today's format.
 
     Args:
-      tasks: (name, CachedSplit, rate) per task (rates as seqio's mixture gives them; 0 drops a task).
+      tasks: (name, CachedSplit, rate[, eos]) per task (rates as seqio's mixture gives them; 0 drops a task).
+        eos: {"inputs"|"targets": (eos_id, after_trim)}, the task's post-cache seqio.preprocessors.append_eos_after_trim
+        (after_trim=True) or append_eos (False), applied here in numpy.
       input_len, target_len: task_feature_lengths.
       global_batch_size: rows per global batch (all hosts); this host gets rows [h*B/H, (h+1)*B/H).
       shard_index, num_shards: this host h and the number of hosts H (they do not change the global stream).
@@ -191,7 +193,7 @@ class GrainBatchSource:
       workers: 0 builds batches in this process; P > 0 in P grain worker processes (mp_prefetch).
     """
 
-    def __init__(self, tasks: Sequence[tuple[str, CachedSplit, float]], input_len: int, target_len: int,
+    def __init__(self, tasks: Sequence[tuple], input_len: int, target_len: int,
                  global_batch_size: int, *, shard_index: int = 0, num_shards: int = 1, seed: int = 0,
                  shuffle: bool = True, pack: bool = True, pack_window: int = 512, workers: int = 0):
         if global_batch_size % num_shards or not 0 <= shard_index < num_shards:
@@ -203,6 +205,7 @@ class GrainBatchSource:
         self.names = [t[0] for t in tasks]
         self.splits = [t[1] for t in tasks]
         self.rates = [float(t[2]) for t in tasks]
+        self.eos = [{k: (int(v[0]), bool(v[1])) for k, v in (t[3] if len(t) > 3 else {}).items()} for t in tasks]
         self.input_len, self.target_len = int(input_len), int(target_len)
         self.global_batch_size = int(global_batch_size)
         self.shard_index, self.num_shards = int(shard_index), int(num_shards)
@@ -219,7 +222,16 @@ class GrainBatchSource:
         return {**self.__dict__, "_plan": None, "_it": None}
 
     def _new_plan(self) -> _Plan:
-        return _Plan(self.index, [s.lengths() for s in self.splits], self.input_len, self.target_len,
+        lengths = []
+        for s, eos in zip(self.splits, self.eos):
+            n = s.lengths()
+            if eos:  # token counts after the EOS the tokens will get
+                n = np.array(n, np.int64)
+                for j, (f, cap) in enumerate((("inputs", self.input_len), ("targets", self.target_len))):
+                    if f in eos:
+                        n[:, j] = np.minimum(n[:, j], cap - 1) + 1 if eos[f][1] else n[:, j] + 1
+            lengths.append(n)
+        return _Plan(self.index, lengths, self.input_len, self.target_len,
                      self.global_batch_size, self.pack, self.pack_window)
 
     def open(self) -> "GrainBatchSource":
@@ -247,7 +259,7 @@ class GrainBatchSource:
             for t in np.unique(task).tolist():
                 sel = np.nonzero(task == t)[0]
                 for j, feats in zip(sel.tolist(), self.splits[t].read(ex[sel].tolist())):
-                    tokens[flat[j]] = feats
+                    tokens[flat[j]] = self._post(t, feats)
         il, tl = self.input_len, self.target_len
         if self.pack:
             rows = [[(tokens[i][0][:il], tokens[i][1][:tl]) for i in r] for r in mine]
@@ -255,6 +267,19 @@ class GrainBatchSource:
         rows = [packing.unpacked_row({"inputs": tokens[r[0]][0], "targets": tokens[r[0]][1]}, il, tl)
                 for r in mine]
         return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+    def _post(self, t: int, feats: list[np.ndarray]) -> list[np.ndarray]:
+        """The task's post-cache EOS, as seqio's append_eos_after_trim / append_eos would add it."""
+        eos = self.eos[t]
+        if not eos:
+            return feats
+        out = []
+        for f, cap, x in (("inputs", self.input_len, feats[0]), ("targets", self.target_len, feats[1])):
+            if f in eos:
+                eos_id, after_trim = eos[f]
+                x = np.concatenate([x[:cap - 1] if after_trim else x, np.array([eos_id], np.int32)])
+            out.append(x)
+        return out
 
     # -- iteration
     def __iter__(self) -> "GrainBatchSource":
@@ -283,7 +308,7 @@ class GrainBatchSource:
     @property
     def fingerprint(self) -> str:
         """Hash of what determines the global stream (not the number of hosts)."""
-        blob = json.dumps([self.names, [len(s) for s in self.splits], [f"{r:.12g}" for r in self.rates],
+        blob = json.dumps([self.names, [len(s) for s in self.splits], [f"{r:.12g}" for r in self.rates], self.eos,
                            self.seed, self.index.shuffle, self.input_len, self.target_len, self.global_batch_size, self.pack,
                            self.pack_window, self.index.epoch_size], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
