@@ -152,3 +152,38 @@ def test_elastic_resume_two_to_one_and_one_to_two_is_bit_identical(tmp_path):
     log_d = _run(tmp_path, tmp_path / "D", 2)
     assert "FINAL 4 8" in log_d[0]
     _assert_same(ref, _params(tmp_path / "D"), "1 -> 2")
+
+
+_GATHER = textwrap.dedent("""
+    import json, sys
+    pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    from ext5.train import partitioning
+    partitioning.maybe_initialize_distributed(coordinator_address="127.0.0.1:" + port, process_count=2,
+                                              process_index=pid)
+    import numpy as np
+    from ext5.eval.evaluator import allgather_rows, host_block
+    # 7 eval rows over 2 hosts: blocks of 3 and 4; float64 scores must survive the gather bit for bit.
+    rows = np.arange(7)[host_block(7, pid, 2)]
+    idx, scores = allgather_rows(rows, np.exp(-rows.astype(np.float64) / 3))
+    _, toks = allgather_rows(rows, np.stack([rows * 10 + k for k in range(3)], 1).astype(np.int32))
+    if pid == 0:
+        json.dump({"idx": idx.tolist(), "scores": scores.tolist(), "toks": toks.tolist()}, open(out, "w"))
+""")
+
+
+def test_eval_results_gathered_over_two_processes_are_the_one_process_results(tmp_path):
+    """The evaluator's gather across two jax.distributed processes (tests/test_data.py checks the blocks)."""
+    import json
+    script = tmp_path / "gather.py"
+    script.write_text(_GATHER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    port, out = _port(), tmp_path / "out.json"
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(out)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs[0][-2000:] + logs[1][-2000:]
+    got = json.loads(out.read_text())
+    rows = np.arange(7)
+    assert got["idx"] == rows.tolist()
+    assert got["scores"] == np.exp(-rows.astype(np.float64) / 3).tolist()  # float64, exactly
+    assert got["toks"] == np.stack([rows * 10 + k for k in range(3)], 1).tolist()
