@@ -175,7 +175,8 @@ def grain_vs_tf(args) -> list[str]:
     paths = [("tf.data uncached (today)", lambda: HostBatchIterator(name, LENGTHS, bs, seed=seed)),
              ("tf.data, seqio cache", lambda: HostBatchIterator(name, LENGTHS, bs, seed=seed, use_cached=True))]
     for w in args.workers:
-        paths.append((f"grain, {w} workers" if w else "grain, in-process", lambda w=w: _grain(name, bs, seed, workers=w)))
+        paths.append((f"grain, {w} workers" if w else "grain, in-process",
+                      lambda w=w: _grain(name, bs, seed, workers=w)))
     lines = [f"## {name}: {len(GRAIN_TASKS)} cached tasks, {LENGTHS['inputs']}+{LENGTHS['targets']}, batch {bs}, "
              f"{args.batches} batches",
              f"{'path':28s}{'tokens/s':>10s}{'tokens/CPU-s':>14s}{'fill':>7s}{'wall s':>8s}{'CPU s':>8s}"]
@@ -190,8 +191,8 @@ def grain_vs_tf(args) -> list[str]:
                      f"{r['fill']:7.3f}{r['wall']:8.1f}{r['cpu']:8.1f}")
     g, t = res["grain, in-process"] if "grain, in-process" in res else None, res["tf.data uncached (today)"]
     if g:
-        lines.append(f"grain (in-process) / tf.data uncached: {(g['tokens'] / g['cpu']) / (t['tokens'] / t['cpu']):.2f}x "
-                     "packed tokens per CPU-second")
+        ratio = (g["tokens"] / g["cpu"]) / (t["tokens"] / t["cpu"])
+        lines.append(f"grain (in-process) / tf.data uncached: {ratio:.2f}x packed tokens per CPU-second")
     # Time to the first batch after a resume, both paths, at the same position.
     lines.append(f"resume at batch {args.resume_at}: restore + first batch")
     for label, make, files in (("tf.data uncached", lambda: HostBatchIterator(name, LENGTHS, bs, seed=seed), True),
@@ -240,7 +241,8 @@ def positions(args) -> list[str]:
             t0 = time.perf_counter()
             state = it.state(d)
             tf_s = f"{time.perf_counter() - t0:.2f}"
-            tf_mib = f"{(len(json.dumps(state)) + sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)) / 2**20:.1f}"
+            files = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+            tf_mib = f"{(len(json.dumps(state)) + files) / 2**20:.1f}"
         lines.append(f"{n:6d}{tf_mib:>14s}{tf_s:>9s}{gbytes:14d}")
     return lines
 

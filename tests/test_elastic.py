@@ -49,8 +49,8 @@ _WORKER = textwrap.dedent("""
         def __next__(self):
             time.sleep(0.3)
             return super().__next__()
-    src = (Slow if len(sys.argv) > 6 else GrainBatchSource)(tasks, 32, 8, 8, shard_index=jax.process_index(), num_shards=jax.process_count(),
-                           seed=11, pack_window=16)
+    src = (Slow if len(sys.argv) > 6 else GrainBatchSource)(
+        tasks, 32, 8, 8, shard_index=jax.process_index(), num_shards=jax.process_count(), seed=11, pack_window=16)
     r = trainer.train(model=cfg, model_dir=model_dir, train_steps=%d, batch_size=8, batch_source=src,
                       partition=partitioning.PartitionConfig(num_partitions=1),
                       learning_rate=optimizer.create_learning_rate_scheduler("constant", 0.01),

@@ -1,7 +1,7 @@
 """One pipeline, two sources: the batch source a training run reads, and which one it is.
 
-    cached tasks with ArrayRecord caches (USE_CACHED_TASKS=True, `ext5 cache`)  -> grain_pipeline.GrainBatchSource
-    anything else (uncached tasks: the local demo, small runs)                    -> pipeline.HostBatchIterator (tf.data)
+    tasks with ArrayRecord caches (USE_CACHED_TASKS=True, `ext5 cache`)  -> grain_pipeline.GrainBatchSource
+    anything else (uncached tasks: the local demo, small runs)            -> pipeline.HostBatchIterator (tf.data)
 
 Both emit the same host batches (seqio's packed or unpacked features, int32 [host_batch, length]) from the same
 best-fit packer, and both follow the batch-source protocol: `__next__() -> dict[str, np.ndarray]`,

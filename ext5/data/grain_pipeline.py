@@ -25,7 +25,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ext5.data import packing
-from ext5.data.array_cache import CachedSplit
 
 STATE_KIND = "ext5-grain-v1"
 _C = np.uint64(0x9E3779B97F4A7C15)
@@ -309,7 +308,8 @@ class GrainBatchSource:
     def fingerprint(self) -> str:
         """Hash of what determines the global stream (not the number of hosts)."""
         blob = json.dumps([self.names, [len(s) for s in self.splits], [f"{r:.12g}" for r in self.rates], self.eos,
-                           self.seed, self.index.shuffle, self.input_len, self.target_len, self.global_batch_size, self.pack,
+                           self.seed, self.index.shuffle, self.input_len, self.target_len,
+                           self.global_batch_size, self.pack,
                            self.pack_window, self.index.epoch_size], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -10,6 +10,10 @@ boundaries waste little. Deterministic (integer keys, ties by arrival/creation o
 (memory bounded by the window), and nothing is dropped: over-long examples are trimmed to the
 lengths, as seqio trims.
 
+The placement itself (`BestFitPlanner`) sees only the two lengths of each item, so the grain pipeline plans
+rows of example indices from cached lengths with the same code (`BestFitPacker` is the planner with token
+arrays as items).
+
 Finding the best row is a bisect in a sorted list of (room key, row) pairs: any row that fits an
 example has room key >= the example's size key, so scanning upward from the bisect point the
 first row that fits both sides is the best fit. Rows are then built for a whole window with a

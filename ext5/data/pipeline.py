@@ -1,4 +1,7 @@
-"""Mixture/task -> per-host numpy batches in seqio's packed EncDecFeatureConverter format.
+"""Mixture/task -> per-host numpy batches in seqio's packed EncDecFeatureConverter format (the tf.data path).
+
+Cached mixtures with ArrayRecord caches read through ext5/data/grain_pipeline.py instead (same batches' format,
+same packer); ext5/data/batch_sources.py picks the path.
 
     seqio get_dataset (rates, shard, shuffle, trim) -> chunks of examples -> best-fit packing
     (numpy) -> host batches
