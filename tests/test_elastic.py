@@ -187,3 +187,64 @@ def test_eval_results_gathered_over_two_processes_are_the_one_process_results(tm
     assert got["idx"] == rows.tolist()
     assert got["scores"] == np.exp(-rows.astype(np.float64) / 3).tolist()  # float64, exactly
     assert got["toks"] == np.stack([rows * 10 + k for k in range(3)], 1).tolist()
+
+
+_EVAL = textwrap.dedent("""
+    import json, sys
+    pid, port, out, tests_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    from ext5.train import partitioning
+    partitioning.maybe_initialize_distributed(coordinator_address="127.0.0.1:" + port, process_count=2,
+                                              process_index=pid)
+    sys.path.insert(0, tests_dir)
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    from test_elastic import eval_metrics
+    _, params = eval_metrics(None)
+    # Global parameters over both processes' devices, as the trainer holds them.
+    rep = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec())
+    params = jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_callback(x.shape, rep, lambda i, x=x: np.asarray(x)[i]), params)
+    metrics, _ = eval_metrics(params)
+    if pid == 0:
+        json.dump(metrics, open(out, "w"))
+""")
+
+
+def eval_metrics(params):
+    """(metrics of a rank-classification and a decoded eval task, params): a tiny model with fixed random params."""
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import ext5.tasks  # noqa: F401
+    from _util import random_params
+    from ext5.data.vocab import get_vocabulary, padded_vocab_size
+    from ext5.eval.evaluator import SeqioEvaluator
+    from ext5.model import configs
+    cfg = configs.get_config("tiny", vocab_size=padded_vocab_size(get_vocabulary("local")), emb_dim=32, num_heads=2,
+                             head_dim=8, mlp_dim=48, num_encoder_layers=1, num_decoder_layers=1, dtype="float32")
+    if params is None:
+        return None, random_params(cfg, 0, 0.1)
+    out = {}
+    for name in ("local_nli_score_eval", "local_nli"):
+        ev = SeqioEvaluator(name, {"inputs": 64, "targets": 8}, cfg, num_examples=24, batch_size=8,
+                            max_decode_length=4)
+        out.update(ev(params, 0))
+    return out, params
+
+
+def test_two_process_eval_gives_the_one_process_metrics(tmp_path):
+    """Each process evaluates half of every eval split; gathered, the metrics equal one process's."""
+    import json
+    script = tmp_path / "eval.py"
+    script.write_text(_EVAL)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               TF_CPP_MIN_LOG_LEVEL="2")
+    port, out = _port(), tmp_path / "metrics.json"
+    procs = [subprocess.Popen([sys.executable, str(script), str(i), port, str(out), os.path.dirname(__file__)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    one, _ = eval_metrics(eval_metrics(None)[1])  # meanwhile, in this process: one host
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs[0][-2000:] + logs[1][-2000:]
+    two = json.loads(out.read_text())
+    assert set(one) == {"local_nli_score_eval/accuracy", "local_nli_score_eval/mean_3class_f1", "local_nli/accuracy"}
+    assert two == one

@@ -66,11 +66,17 @@ def allgather_rows(idx: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def host_local_params(params: Any) -> Any:
-    """Parameters every host can compute with on its own (gathered from all hosts when they span several)."""
+    """Parameters every host can compute with on its own: arrays spanning several hosts are gathered; host-local
+    ones (numpy, or jax arrays on this host's devices) are used as they are."""
     if jax.process_count() == 1:
         return params
     from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(params, tiled=True)
+
+    def local(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)  # the global value, as numpy, everywhere
+        return x
+    return jax.tree_util.tree_map(local, params)
 
 
 def choice_groups(inputs: np.ndarray, max_choices: int) -> list[tuple[int, int]]:
