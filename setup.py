@@ -31,6 +31,7 @@ setup(
         "tensorflow>=2.15",
         "tensorflow-text>=2.15",
         "tensorflow-datasets>=4.9",
+        "grain==0.2.18",  # cached tasks: index-based pipeline over ArrayRecord (docs/data_at_scale.md)
         # 0.2.3 ships protobuf-7 generated code and Apache Beam needs protobuf<7; pinned exactly because
         # tasks/local/make_vocab.py --check retrains the committed model byte for byte.
         "sentencepiece==0.2.2",

@@ -10,6 +10,9 @@ import seqio
 
 from ext5 import cli
 from ext5.commands.cache import check_cached
+from ext5.data import batch_sources
+from ext5.data.array_cache import CachedSplit
+from ext5.data.grain_pipeline import GrainBatchSource
 from ext5.errors import UsageError
 
 TASK = "local_nli"
@@ -46,6 +49,21 @@ def test_cache_then_train_with_use_cached_tasks(tmp_path, capsys, monkeypatch, r
         assert info["features"]["inputs"]["dtype"] == "int32"
         stats = json.loads((out / f"stats.{split}.json").read_text())
         assert stats["examples"] == seqio.TaskRegistry.get(TASK).num_input_examples(split)
+        # The ArrayRecord copy holds exactly seqio's cached examples (sorted by content), with their lengths, and the
+        # grain path adds the post-cache EOS as seqio does (append_eos_after_trim at the feature lengths): long
+        # lengths compare the whole examples, short ones the trimming too.
+        ar = CachedSplit(str(out), split)
+        got = ar.read(range(len(ar)))
+        assert len(got) == stats["examples"] and ar.lengths().tolist() == [[len(i), len(t)] for i, t in got]
+        task = seqio.TaskRegistry.get(TASK)
+        eos = batch_sources.post_cache_eos(task)
+        assert eos == {"inputs": (1, True), "targets": (1, True)}
+        for lengths in ({"inputs": 4096, "targets": 4096}, {"inputs": 24, "targets": 6}):
+            src = GrainBatchSource([(TASK, ar, 1.0, eos)], lengths["inputs"], lengths["targets"], 8)
+            mine = [tuple(tuple(x.tolist()) for x in src._post(0, f)) for f in got]
+            seqio_ds = task.get_dataset(lengths, split, use_cached=True, shuffle=False)
+            assert sorted(mine) == sorted((tuple(ex["inputs"].tolist()), tuple(ex["targets"].tolist()))
+                                          for ex in seqio_ds.as_numpy_iterator())
 
     # Already cached: skipped, no pipeline. Unknown or uncacheable names: one-line errors.
     capsys.readouterr()
@@ -71,6 +89,8 @@ def test_cache_then_train_with_use_cached_tasks(tmp_path, capsys, monkeypatch, r
     assert cli.main(base + [f"--gin.MODEL_DIR='{model_dir}'", "--gin.USE_CACHED_TASKS=True",
                             f"--seqio_additional_cache_dirs={cache_dir}"]) == 0
     assert seqio.TaskRegistry.get(TASK).cache_dir == str(out)
+    assert "data pipeline: grain over ArrayRecord" in capsys.readouterr().out  # cached: the grain path runs
     check_cached(TASK)  # what `ext5 train` can check up front (see docs/caching.md)
     assert (model_dir / "checkpoint_2").exists()
     assert "USE_CACHED_TASKS = True" in (model_dir / "config.gin").read_text()
+

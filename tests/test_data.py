@@ -246,3 +246,37 @@ def test_unknown_name_error_is_one_line_with_suggestions():
     assert "\n" not in msg
     assert msg.startswith("mixture or task 'local_defualt' is not registered")
     assert "local_default" in msg and "import ext5.tasks" in msg
+
+
+def test_eval_hosts_each_take_a_block_and_gathered_results_equal_one_host():
+    """Each of H hosts decodes/scores its 1/H block of an eval split; the blocks' results, gathered, are the one-host
+    results, and seqio computes the same metrics from them."""
+    from _util import random_params
+    from ext5.eval import evaluator as ev_lib
+    from ext5.model import configs
+    cfg = configs.get_config("tiny", vocab_size=padded_vocab_size(get_vocabulary("local")), emb_dim=32, num_heads=2,
+                             head_dim=8, mlp_dim=48, num_encoder_layers=1, num_decoder_layers=1, dtype="float32")
+    params = random_params(cfg, 0, 0.1)
+    lengths = {"inputs": 64, "targets": 8}
+    assert [ev_lib.host_block(7, h, 3) for h in range(3)] == [slice(0, 2), slice(2, 4), slice(4, 7)]
+    for name, fn in (("local_nli_score_eval", "score_fn"), ("local_nli", "predict_fn")):
+        conv = seqio.EncDecFeatureConverter(pack=False)(
+            seqio.get_mixture_or_task(name).get_dataset(lengths, split="validation", shuffle=False).take(10), lengths)
+        make = lambda shard: ev_lib.SeqioEvaluator(name, lengths, cfg, num_examples=10, batch_size=4, shard=shard,
+                                                   max_decode_length=4)
+        one = getattr(make((0, 1)), fn)(params, conv.enumerate())
+        halves = [getattr(make((h, 2)), fn)(params, conv.enumerate()) for h in range(2)]
+        assert len(one) == 10 and [len(h) for h in halves] == [5, 5]
+        assert halves[0] + halves[1] == one  # bit for bit, in order
+
+    # With a gather that supplies the other host's block, a host's metrics equal the one-host metrics.
+    name = "local_nli_score_eval"
+    other = ev_lib.SeqioEvaluator(name, lengths, cfg, num_examples=10, batch_size=4, shard=(1, 2))
+
+    def gather(idx, values):
+        ds = next(iter(other.evaluator._cached_model_datasets.values()))  # seqio's enumerated rows
+        j, v = other._score_rows(params, other._my_rows(ds))
+        return np.concatenate([idx, j]), np.concatenate([values, v])
+    two = ev_lib.SeqioEvaluator(name, lengths, cfg, num_examples=10, batch_size=4, shard=(0, 2), gather=gather)
+    one = ev_lib.SeqioEvaluator(name, lengths, cfg, num_examples=10, batch_size=4)
+    assert two(params, 0) == one(params, 0)

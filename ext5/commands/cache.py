@@ -8,7 +8,11 @@
 The Beam graph is seqio's own (`seqio.scripts.cache_tasks_main.run_pipeline`, built from `seqio.beam_utils`):
 each split of each task runs the preprocessors up to its `seqio.CacheDatasetPlaceholder`, and writes
 `<dir>/<task>/<split>.tfrecord-*-of-*`, `<split>.info.json`, `<split>.stats.json` and finally `COMPLETED`,
-which is what `seqio.Task.cache_dir` looks for. It is rebuilt here (a few lines) rather than called, because
+which is what `seqio.Task.cache_dir` looks for. With --array_record (the default) the same examples are also
+written as ArrayRecord shards with per-shard token lengths and a small index of counts per split
+(ext5/data/array_cache.py), which training reads by index through grain (docs/data_at_scale.md); each shard's
+records are sorted by content, so the cache, and the training stream read from it, do not depend on Beam's
+ordering. It is rebuilt here (a few lines) rather than called, because
 seqio's script reads its settings from absl's global FLAGS, which `ext5`'s own argparse flags never parse.
 
 --tasks takes task names, mixture names (expanded to their tasks) or regular expressions matched against
@@ -22,6 +26,7 @@ import importlib
 import os
 import re
 import sys
+import zlib
 from typing import Iterable, Sequence
 
 from ext5.errors import UsageError
@@ -46,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_shards", type=int, default=64,
                    help="minimum number of output files per split (more = better file-level shuffling)")
     p.add_argument("--max_shards", type=int, default=0, help="maximum number of output files per split (0 = none)")
+    p.add_argument("--array_record", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write ArrayRecord shards + index for the grain pipeline (default: on)")
     p.add_argument("--overwrite", action="store_true", help="re-cache tasks already cached in --output_cache_dir")
     p.add_argument("--base_seed", type=int, default=None, help="base seed for random pre-cache preprocessors")
     p.add_argument("--tfds_data_dir", default=None, help="TFDS data dir (seqio.set_tfds_data_dir_override)")
@@ -103,13 +110,53 @@ def _preprocessors_seed(task_name: str, base_seed: int | None) -> int | None:
     return int.from_bytes(hashlib.md5(task_name.encode()).digest(), "little") + base_seed
 
 
+def _keyed_record(example: dict, num_shards: int) -> tuple[int, tuple[int, bytes]]:
+    from ext5.data import array_cache
+    rec = array_cache.encode(example)
+    crc = zlib.crc32(rec)
+    return crc % num_shards, (crc, rec)
+
+
+def _write_array_record_shard(item: tuple[int, Iterable[tuple[int, bytes]]], out_dir: str, split: str,
+                              num_shards: int) -> dict:
+    """Writes one shard (records sorted by content: deterministic) and its lengths; returns its index entry."""
+    import tempfile
+    import numpy as np
+    import tensorflow as tf
+    from ext5.data import array_cache
+    shard, keyed = item
+    records = [rec for _, rec in sorted(keyed)]
+    name = array_cache.shard_name(split, shard, num_shards)
+    lengths_name = array_cache.lengths_name(split, shard, num_shards)
+    with tempfile.TemporaryDirectory() as tmp:
+        array_cache.write_shard(os.path.join(tmp, name), records)
+        np.save(os.path.join(tmp, lengths_name), array_cache.record_lengths(records), allow_pickle=False)
+        for f in (name, lengths_name):  # tf.io.gfile: local or gs:// alike
+            tf.io.gfile.copy(os.path.join(tmp, f), os.path.join(out_dir, f), overwrite=True)
+    return {"file": name, "examples": len(records)}
+
+
+def _write_array_record_index(shards: list[dict], path: str) -> None:
+    import json
+    import tensorflow as tf
+    from ext5.data import array_cache
+    shards = sorted(shards, key=lambda s: s["file"])
+    index = {"format": array_cache.FORMAT, "features": list(array_cache.FEATURES), "shards": shards,
+             "examples": sum(s["examples"] for s in shards)}
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(json.dumps(index, indent=1))
+
+
 def build_pipeline(pipeline, task_names: Sequence[str], cache_dir: str, *, min_shards: int = 64,
                    max_shards: int = 0, base_seed: int | None = None, tfds_data_dir: str | None = None,
-                   modules_to_import: Sequence[str] = ()) -> list[str]:
+                   modules_to_import: Sequence[str] = (), array_record: bool = True) -> list[str]:
     """Adds seqio's caching transforms for every split of `task_names` to `pipeline`; returns output dirs.
 
-    Mirrors seqio.scripts.cache_tasks_main.run_pipeline (same files, same sharding and seeds).
+    Mirrors seqio.scripts.cache_tasks_main.run_pipeline (same files, same sharding and seeds); with
+    `array_record`, also writes each split as ArrayRecord shards + lengths + index (ext5.data.array_cache).
     """
+    import functools
+    from ext5.data import array_cache
     import apache_beam as beam
     import seqio
     from seqio import beam_utils
@@ -134,6 +181,16 @@ def build_pipeline(pipeline, task_names: Sequence[str], cache_dir: str, *, min_s
                         | f"{label}_write_info" >> beam_utils.WriteJson(seqio.get_cached_info_path(out_dir, split)))
             done.append(examples | f"{label}_stats" >> beam_utils.GetStats(task.output_features)
                         | f"{label}_write_stats" >> beam_utils.WriteJson(seqio.get_cached_stats_path(out_dir, split)))
+            if array_record:
+                done.append(
+                    examples
+                    | f"{label}_ar_key" >> beam.Map(_keyed_record, num_shards=num_shards)
+                    | f"{label}_ar_group" >> beam.GroupByKey()
+                    | f"{label}_ar_write" >> beam.Map(functools.partial(
+                        _write_array_record_shard, out_dir=out_dir, split=split, num_shards=num_shards))
+                    | f"{label}_ar_list" >> beam.combiners.ToList()
+                    | f"{label}_ar_index" >> beam.Map(_write_array_record_index,
+                                                      path=array_cache.index_path(out_dir, split)))
         # COMPLETED is written only after every split's files: seqio treats its presence as "cache usable".
         _ = (done | f"{name}_flatten" >> beam.Flatten() | f"{name}_discard" >> beam.Filter(lambda _: False)
              | f"{name}_completed" >> beam.io.textio.WriteToText(
@@ -147,7 +204,7 @@ def cache_tasks(task_patterns: Sequence[str], output_cache_dir: str, *, excluded
                 pipeline_options: Sequence[str] = ("--runner=DirectRunner",), additional_cache_dirs: Sequence[str] = (),
                 module_import: Sequence[str] = (), min_shards: int = 64, max_shards: int = 0,
                 overwrite: bool = False, base_seed: int | None = None, tfds_data_dir: str | None = None,
-                log=print) -> dict[str, str]:
+                array_record: bool = True, log=print) -> dict[str, str]:
     """Caches the selected tasks under `output_cache_dir`; returns {task: its cache dir} for all selected.
 
     Tasks already cached (in `output_cache_dir` or `additional_cache_dirs`) are skipped unless `overwrite`.
@@ -189,7 +246,7 @@ def cache_tasks(task_patterns: Sequence[str], output_cache_dir: str, *, excluded
         with beam.Pipeline(options=options) as pipeline:
             dirs = build_pipeline(pipeline, todo, output_cache_dir, min_shards=min_shards, max_shards=max_shards,
                                   base_seed=base_seed, tfds_data_dir=tfds_data_dir,
-                                  modules_to_import=["ext5.tasks", *module_import])
+                                  modules_to_import=["ext5.tasks", *module_import], array_record=array_record)
         for n, d in zip(todo, dirs):
             seqio.TaskRegistry.get(n)._cache_dir = None
             result[n] = d
@@ -220,7 +277,8 @@ def main(argv: list[str]) -> int:
         _split_list(args.tasks), args.output_cache_dir, excluded=_split_list(args.excluded_tasks),
         pipeline_options=_split_list(args.pipeline_options), additional_cache_dirs=args.tasks_additional_cache_dirs,
         module_import=args.module_import, min_shards=args.min_shards, max_shards=args.max_shards,
-        overwrite=args.overwrite, base_seed=args.base_seed, tfds_data_dir=args.tfds_data_dir)
+        overwrite=args.overwrite, base_seed=args.base_seed, tfds_data_dir=args.tfds_data_dir,
+        array_record=args.array_record)
     for name, path in result.items():
         print(f"{name}\t{path}")
     print(f"train with: --gin.USE_CACHED_TASKS=True --seqio_additional_cache_dirs={args.output_cache_dir}",

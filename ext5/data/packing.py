@@ -10,6 +10,10 @@ boundaries waste little. Deterministic (integer keys, ties by arrival/creation o
 (memory bounded by the window), and nothing is dropped: over-long examples are trimmed to the
 lengths, as seqio trims.
 
+The placement itself (`BestFitPlanner`) sees only the two lengths of each item, so the grain pipeline plans
+rows of example indices from cached lengths with the same code (`BestFitPacker` is the planner with token
+arrays as items).
+
 Finding the best row is a bisect in a sorted list of (room key, row) pairs: any row that fits an
 example has room key >= the example's size key, so scanning upward from the bisect point the
 first row that fits both sides is the best fit. Rows are then built for a whole window with a
@@ -121,23 +125,28 @@ def unpacked_row(ex: Example, input_len: int, target_len: int) -> Row:
 
 # ------------------------------------------------------------------ the packer
 class _OpenRow:
-    __slots__ = ("segments", "room_in", "room_tgt", "carried")
+    __slots__ = ("items", "room_in", "room_tgt", "carried")
 
     def __init__(self, input_len: int, target_len: int):
-        self.segments: list[Segment] = []
+        self.items: list[tuple[Any, int, int]] = []  # (item, inputs length, targets length)
         self.room_in, self.room_tgt = input_len, target_len
         self.carried = False
 
 
-class BestFitPacker:
-    """Streaming best-fit-decreasing packer: add() examples, get blocks of finished rows.
+class BestFitPlanner:
+    """Best-fit-decreasing placement of opaque items by their two lengths alone: the packer's core.
+
+    add(item, n_in, n_tgt) buffers an item (an example, or just its index); when a window is full
+    it returns the finished rows as lists of items. Both pipelines share it: the tf.data path packs
+    token arrays (BestFitPacker), the grain path plans rows of global example indices from the
+    cached lengths, so every host computes the same rows without reading their tokens.
 
     Args:
       input_len, target_len: row lengths (seqio task_feature_lengths "inputs"/"targets").
-      window: examples buffered per best-fit round (bounds memory and latency).
+      window: items buffered per best-fit round (bounds memory and latency).
       carry: how many least-filled rows of a window may stay open for the next window
         (default window // 64); a row is carried at most once.
-    Examples with no tokens at all occupy nothing and produce no segment.
+    Items with no tokens at all occupy nothing and are dropped.
     """
 
     def __init__(self, input_len: int, target_len: int, *, window: int = 512,
@@ -147,19 +156,18 @@ class BestFitPacker:
         self.input_len, self.target_len = int(input_len), int(target_len)
         self.window = int(window)
         self.carry = max(1, self.window // 64) if carry is None else int(carry)
-        self._buf: list[Segment] = []
+        self._buf: list[tuple[Any, int, int]] = []
         self._open: list[_OpenRow] = []
 
-    def add(self, inputs: Any, targets: Any) -> Block | None:
-        """Buffer one example; returns a block of finished rows when a window completes."""
-        inp = np.asarray(inputs, np.int32)[:self.input_len]
-        tgt = np.asarray(targets, np.int32)[:self.target_len]
-        if len(inp) or len(tgt):
-            self._buf.append((inp, tgt))
+    def add(self, item: Any, n_in: int, n_tgt: int) -> list[list[Any]] | None:
+        """Buffer one item of lengths (n_in, n_tgt), trimmed to the row lengths; rows when a window completes."""
+        a, b = min(int(n_in), self.input_len), min(int(n_tgt), self.target_len)
+        if a or b:
+            self._buf.append((item, a, b))
         return self._flush(final=False) if len(self._buf) >= self.window else None
 
-    def finish(self) -> Block | None:
-        """Pack what is buffered and close every row (end of stream)."""
+    def finish(self) -> list[list[Any]]:
+        """Place what is buffered and close every row (end of stream)."""
         return self._flush(final=True)
 
     def _place(self) -> list[_OpenRow]:
@@ -167,8 +175,8 @@ class BestFitPacker:
         il, tl = self.input_len, self.target_len
         window, self._buf = self._buf, []
         rows = self._open
-        li = np.fromiter((len(x[0]) for x in window), np.int64, len(window))
-        lt = np.fromiter((len(x[1]) for x in window), np.int64, len(window))
+        li = np.fromiter((x[1] for x in window), np.int64, len(window))
+        lt = np.fromiter((x[2] for x in window), np.int64, len(window))
         # Sizes scaled by il*tl: integer keys, so ties (and the result) are exact.
         size = li * tl + lt * il
         order = np.argsort(-size, kind="stable")  # decreasing size, ties by arrival
@@ -188,13 +196,13 @@ class BestFitPacker:
                 j = len(rows)
                 rows.append(_OpenRow(il, tl))
             r = rows[j]
-            r.segments.append(window[k])
+            r.items.append(window[k])
             r.room_in -= a
             r.room_tgt -= b
             bisect.insort(keys, (r.room_in * tl + r.room_tgt * il, j))
         return rows
 
-    def _flush(self, final: bool) -> Block | None:
+    def _flush(self, final: bool) -> list[list[Any]]:
         il, tl = self.input_len, self.target_len
         rows = self._place()
         keep: list[_OpenRow] = []
@@ -204,28 +212,75 @@ class BestFitPacker:
             fresh.sort(key=lambda r: -(r.room_in * tl + r.room_tgt * il))
             keep = fresh[:self.carry]
         kept = {id(r) for r in keep}
-        done = [r.segments for r in rows if id(r) not in kept and r.segments]
+        done = [r.items for r in rows if id(r) not in kept and r.items]
         # Rows are created largest-first; emitted in that order, consecutive batches would hold only long or only
-        # short examples. Shuffle them with a seed taken from the window's content: deterministic and
+        # short examples. Shuffle them with a seed taken from the window's lengths: deterministic and
         # resume-safe without any extra state.
-        lens = np.array([len(x) for row in done for seg in row for x in seg], np.int64)
+        lens = np.array([n for row in done for it in row for n in it[1:]], np.int64)
         order = np.random.default_rng(zlib.crc32(lens.tobytes())).permutation(len(done))
-        done = [done[i] for i in order]
         for r in keep:
             r.carried = True
         self._open = [r for r in rows if id(r) in kept]
-        return build_block(done, il, tl) if done else None
+        return [[it[0] for it in done[i]] for i in order]
+
+    # -- state: the buffered and carried items with their lengths
+    def snapshot(self) -> dict[str, Any]:
+        """{"buffered": [[item, n_in, n_tgt], ...], "open": [[carried, [[item, n_in, n_tgt], ...]], ...]}.
+
+        JSON-able when the items are (the grain path's items are example indices)."""
+        return {"buffered": [list(x) for x in self._buf],
+                "open": [[int(r.carried), [list(x) for x in r.items]] for r in self._open]}
+
+    def load(self, snap: Mapping[str, Any]) -> None:
+        """Inverse of snapshot()."""
+        self._buf = [(x[0], int(x[1]), int(x[2])) for x in snap["buffered"]]
+        self._open = []
+        for carried, items in snap["open"]:
+            r = _OpenRow(self.input_len, self.target_len)
+            r.items = [(x[0], int(x[1]), int(x[2])) for x in items]
+            r.room_in -= sum(x[1] for x in r.items)
+            r.room_tgt -= sum(x[2] for x in r.items)
+            r.carried = bool(carried)
+            self._open.append(r)
+
+
+class BestFitPacker:
+    """Streaming best-fit-decreasing packer: add() examples, get blocks of finished rows.
+
+    A BestFitPlanner whose items are the (inputs, targets) token arrays; see it for `window` and `carry`.
+    Examples with no tokens at all occupy nothing and produce no segment.
+    """
+
+    def __init__(self, input_len: int, target_len: int, *, window: int = 512,
+                 carry: int | None = None):
+        self._plan = BestFitPlanner(input_len, target_len, window=window, carry=carry)
+        self.input_len, self.target_len = self._plan.input_len, self._plan.target_len
+        self.window, self.carry = self._plan.window, self._plan.carry
+
+    def add(self, inputs: Any, targets: Any) -> Block | None:
+        """Buffer one example; returns a block of finished rows when a window completes."""
+        inp = np.asarray(inputs, np.int32)[:self.input_len]
+        tgt = np.asarray(targets, np.int32)[:self.target_len]
+        return self._block(self._plan.add((inp, tgt), len(inp), len(tgt)))
+
+    def finish(self) -> Block | None:
+        """Pack what is buffered and close every row (end of stream)."""
+        return self._block(self._plan.finish())
+
+    def _block(self, rows: list[list[Segment]] | None) -> Block | None:
+        return build_block(rows, self.input_len, self.target_len) if rows else None
 
     # -- state (for resumable pipelines): plain int arrays, no pickle
     def state(self) -> dict[str, np.ndarray]:
         """Buffered examples and carried rows as int arrays (np.savez-able)."""
-        segs = list(self._buf) + [s for r in self._open for s in r.segments]
+        p = self._plan
+        segs = [x[0] for x in p._buf] + [x[0] for r in p._open for x in r.items]
         out = _segments_to_arrays(segs)
         out["packer_config"] = np.array([self.input_len, self.target_len, self.window, self.carry],
                                         np.int64)
-        out["num_buffered"] = np.array([len(self._buf)], np.int64)
-        out["open_row_sizes"] = np.array([len(r.segments) for r in self._open], np.int64)
-        out["open_row_carried"] = np.array([r.carried for r in self._open], np.int64)
+        out["num_buffered"] = np.array([len(p._buf)], np.int64)
+        out["open_row_sizes"] = np.array([len(r.items) for r in p._open], np.int64)
+        out["open_row_carried"] = np.array([r.carried for r in p._open], np.int64)
         return out
 
     def restore(self, state: Mapping[str, np.ndarray]) -> None:
@@ -234,18 +289,14 @@ class BestFitPacker:
         if cfg != [self.input_len, self.target_len, self.window, self.carry]:
             raise ValueError(f"packer state is for (input_len, target_len, window, carry)={cfg}, "
                              f"this packer is {[self.input_len, self.target_len, self.window, self.carry]}")
-        segs = _arrays_to_segments(state)
+        segs = [(s, len(s[0]), len(s[1])) for s in _arrays_to_segments(state)]
         nb = int(state["num_buffered"][0])
-        self._buf = segs[:nb]
-        self._open, i = [], nb
+        snap = {"buffered": segs[:nb], "open": []}
+        i = nb
         for n, carried in zip(state["open_row_sizes"].tolist(), state["open_row_carried"].tolist()):
-            r = _OpenRow(self.input_len, self.target_len)
-            r.segments = segs[i:i + n]
-            r.room_in -= sum(len(s[0]) for s in r.segments)
-            r.room_tgt -= sum(len(s[1]) for s in r.segments)
-            r.carried = bool(carried)
-            self._open.append(r)
+            snap["open"].append([carried, segs[i:i + n]])
             i += n
+        self._plan.load(snap)
 
 
 def _segments_to_arrays(segs: Sequence[Segment]) -> dict[str, np.ndarray]:

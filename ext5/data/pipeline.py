@@ -1,4 +1,7 @@
-"""Mixture/task -> per-host numpy batches in seqio's packed EncDecFeatureConverter format.
+"""Mixture/task -> per-host numpy batches in seqio's packed EncDecFeatureConverter format (the tf.data path).
+
+Cached mixtures with ArrayRecord caches read through ext5/data/grain_pipeline.py instead (same batches' format,
+same packer); ext5/data/batch_sources.py picks the path.
 
     seqio get_dataset (rates, shard, shuffle, trim) -> chunks of examples -> best-fit packing
     (numpy) -> host batches
@@ -136,6 +139,14 @@ class HostBatchIterator:
         self._reset()
 
     # -- stream
+    @property
+    def input_len(self) -> int:
+        return self.args["task_feature_lengths"]["inputs"]
+
+    @property
+    def target_len(self) -> int:
+        return self.args["task_feature_lengths"]["targets"]
+
     @property
     def _lengths(self) -> dict[str, int]:
         return {k: self.args["task_feature_lengths"][k] for k in ("inputs", "targets")}

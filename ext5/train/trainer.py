@@ -42,6 +42,8 @@ class DatasetConfig:
     packer: str = "best_fit"  # ext5's best-fit packer; "seqio" for seqio's greedy trim_and_pack
     pack_window: int = 512  # examples per best-fit round (memory and latency bound)
     module: str | None = None  # imported first, to register user tasks (t5x's MIXTURE_OR_TASK_MODULE)
+    pipeline: str = "auto"  # "grain" (cached ArrayRecord tasks), "tf.data", or "auto": grain when every task has one
+    workers: int = 0  # grain worker processes building batches (0: in the training process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +65,9 @@ class TrainResult:
 
 
 def make_batch_source(cfg: DatasetConfig, shard_index: int, num_shards: int, host_batch_size: int) -> Iterator:
-    """This host's seqio batch iterator (imports the TF data pipeline lazily)."""
-    import importlib
-    if cfg.module:
-        importlib.import_module(cfg.module)
-    from ext5.data import pipeline  # noqa: WPS433 (TF lives behind this import)
-    return pipeline.HostBatchIterator(
-        cfg.mixture_or_task_name, dict(cfg.task_feature_lengths), host_batch_size, split=cfg.split,
-        shuffle=cfg.shuffle, seed=cfg.seed if cfg.seed is not None else 0, shard_index=shard_index,
-        num_shards=num_shards, pack=cfg.pack, use_cached=cfg.use_cached, packer=cfg.packer,
-        pack_window=cfg.pack_window).open()  # data errors surface before the model takes memory
+    """This host's batch source: grain over ArrayRecord for cached tasks, else seqio's tf.data (imported lazily)."""
+    from ext5.data import batch_sources  # noqa: WPS433 (TF lives behind this import)
+    return batch_sources.make_batch_source(cfg, shard_index, num_shards, host_batch_size)
 
 
 class _IntervalClock:
