@@ -11,9 +11,7 @@ are computed from all of it, the same as on one host.
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
 from typing import Any, Iterator, Mapping
 
 import jax
@@ -181,8 +179,7 @@ class SeqioEvaluator:
         flat = {f"{task}/{name}": float(v) for task, ms in (metrics or {}).items() for name, v in ms.items()
                 if np.ndim(v) == 0}
         if self.output_dir and jax.process_index() == 0:
-            os.makedirs(self.output_dir, exist_ok=True)
-            with open(os.path.join(self.output_dir, f"metrics_step{step}.json"), "w", encoding="utf-8") as f:
-                json.dump(flat, f, indent=1, sort_keys=True)
+            from ext5.train.metrics import write_step_json  # the one metrics_step<N>.json writer
+            write_step_json(self.output_dir, step, flat)
         logging.info("eval step %d: %s", step, flat)
         return flat
