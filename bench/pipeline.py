@@ -43,17 +43,18 @@ import numpy as np  # noqa: E402
 LENGTHS = {"inputs": 128, "targets": 32}
 
 
-def _measure(it, n: int) -> dict:
-    next(it)  # construction and tracing: not timed
-    w, c = time.perf_counter(), time.process_time()
+def _measure(it, n: int, cpu=time.process_time) -> dict:
+    """Real tokens, wall and CPU seconds (`cpu`: a clock, e.g. _CPU() to count worker processes too) and fill
+    over `n` batches; the first batch (construction and tracing) is not timed."""
+    next(it)
+    w, c = time.perf_counter(), cpu()
     tokens = slots = 0
     for _ in range(n):
         b = next(it)
         enc, dec = np.asarray(b["encoder_input_tokens"]), np.asarray(b["decoder_target_tokens"])
         tokens += int((enc != 0).sum() + (dec != 0).sum())
         slots += enc.size + dec.size
-    wall, cpu = time.perf_counter() - w, time.process_time() - c
-    return {"tokens": tokens, "wall": wall, "cpu": cpu, "fill": tokens / slots}
+    return {"tokens": tokens, "wall": time.perf_counter() - w, "cpu": cpu() - c, "fill": tokens / slots}
 
 
 def seqio_default(batch_size: int, seed: int):
@@ -148,18 +149,6 @@ class _CPU:
         return total
 
 
-def _measure_cpu(it, n: int) -> dict:
-    cpu = _CPU()
-    next(it)
-    w, c = time.perf_counter(), cpu()
-    tokens = slots = 0
-    for _ in range(n):
-        b = next(it)
-        enc, dec = np.asarray(b["encoder_input_tokens"]), np.asarray(b["decoder_target_tokens"])
-        tokens += int((enc != 0).sum() + (dec != 0).sum())
-        slots += enc.size + dec.size
-    return {"tokens": tokens, "wall": time.perf_counter() - w, "cpu": cpu() - c, "fill": tokens / slots}
-
 
 def _grain(name, batch_size, seed, lengths=LENGTHS, workers=0):
     from ext5.data import batch_sources
@@ -183,7 +172,7 @@ def grain_vs_tf(args) -> list[str]:
     res = {}
     for label, make in paths:
         it = make()
-        r = _measure_cpu(it, args.batches)
+        r = _measure(it, args.batches, cpu=_CPU())
         if hasattr(it, "close"):
             it.close()
         res[label] = r
