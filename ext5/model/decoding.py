@@ -25,7 +25,7 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
-from ext5.model.sharding import LogicalRules, param_shardings, standard_logical_axis_rules
+from ext5.model.sharding import LogicalRules, mesh_rules, param_shardings, standard_logical_axis_rules
 from ext5.model.t5 import Transformer
 
 Array = jax.Array
@@ -96,7 +96,7 @@ def run_in_mesh(fn, mesh: Any, rules: tuple | None, *args):
     """Call `fn(*args)` under the mesh and logical axis rules (tracing happens there too)."""
     if mesh is None:
         return fn(*args)
-    with mesh, nn.logical_axis_rules(list(rules)):
+    with mesh_rules(mesh, rules):
         return fn(*args)
 
 

@@ -7,6 +7,7 @@ importing the trainer.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import jax
@@ -55,3 +56,20 @@ def abstract_params(cfg: T5Config, mesh: Any, rules: LogicalRules) -> Any:
     shapes = nn.meta.unbox(jax.eval_shape(lambda: init_params(cfg, jax.random.PRNGKey(0))))
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         shapes, param_shardings(cfg, mesh, rules))
+
+
+@contextlib.contextmanager
+def mesh_rules(mesh: Any, rules: Sequence):
+    """Trace under `mesh` and the logical-axis `rules`.
+
+    `jax.set_mesh` (not the legacy `with mesh:`) is what makes flax's activation constraints real: without
+    an abstract mesh in context `nn.with_logical_constraint` is silently a no-op, and FSDP's parameter
+    sharding then leaks into the activations (XLA gathers them over the global batch).
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(jax.set_mesh(mesh))
+        except ValueError:  # already inside a trace (e.g. jax.eval_shape(fns.init)): the caller's mesh holds
+            stack.enter_context(mesh)
+        stack.enter_context(nn.logical_axis_rules(list(rules)))
+        yield

@@ -5,7 +5,6 @@ microbatching and data parallelism never change what a logged number means.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Any, Callable, Mapping
 
@@ -19,27 +18,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ext5.model import losses
 from ext5.model.configs import T5Config
+from ext5.model.sharding import mesh_rules
 from ext5.model.t5 import Transformer
 from ext5.train import optimizer as optim
 from ext5.train import partitioning
 
 Batch = Mapping[str, jax.Array]
 
-@contextlib.contextmanager
-def mesh_rules(mesh: Mesh, rules: list):
-    """Trace under `mesh` and the logical-axis `rules`.
-
-    `jax.set_mesh` (not the legacy `with mesh:`) is what makes flax's activation constraints real: without
-    an abstract mesh in context `nn.with_logical_constraint` is silently a no-op, and FSDP's parameter
-    sharding then leaks into the activations (XLA gathers them over the global batch).
-    """
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(jax.set_mesh(mesh))
-        except ValueError:  # already inside a trace (e.g. jax.eval_shape(fns.init)): the caller's mesh holds
-            stack.enter_context(mesh)
-        stack.enter_context(nn.logical_axis_rules(rules))
-        yield
 
 
 @flax.struct.dataclass
