@@ -60,11 +60,12 @@ def test_conv_flops_follow_xla_formula():
 
 
 def _small_step(num_partitions: int, fsdp: bool):
-    from ext5.train import aot, optimizer as optim
+    from ext5.train import aot, optimizer as optim, step as step_lib
     cfg = configs.get_config("small", scan_layers=True)
     partition = partitioning.PartitionConfig(num_partitions=num_partitions, fsdp=fsdp)
-    fns = aot.build_step(model=cfg, partition=partition, optimizer=optim.adafactor, learning_rate=None,
-                         batch_size=16, input_len=128, target_len=32, devices=aot.slice_devices("v4-8"))
+    fns = step_lib.build_for_training(model=cfg, partition=partition, optimizer=optim.adafactor,
+                                      learning_rate=None, batch_size=16, input_len=128, target_len=32,
+                                      devices=aot.slice_devices("v4-8"))
     return cfg, partition, fns
 
 

@@ -99,10 +99,10 @@ def train_args_from_gin() -> TrainArgs:
 def plan_one(ta: TrainArgs, topology: str, keep_hlo: str | None = None):
     """Build and compile one configuration for `topology`; a configuration that cannot even be laid out
     (num_partitions vs devices, batch vs data-parallel size) is a non-fitting report, not a crash."""
-    from ext5.train import aot, partitioning
+    from ext5.train import aot, partitioning, step as step_lib
     devices = aot.slice_devices(topology)
     try:
-        fns = aot.build_step(**ta.build_kwargs(), devices=devices)
+        fns = step_lib.build_for_training(**ta.build_kwargs(), devices=devices)
     except partitioning.PartitioningError as e:
         return None, f"does not fit on {topology}: {e}"
     r = aot.report(fns, slice_name=topology, model=ta.model, global_batch_size=ta.batch_size,

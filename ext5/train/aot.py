@@ -301,19 +301,3 @@ def advice(r: PlanReport) -> str | None:
 # --------------------------------------------------------------------------------------------------
 # The step `trainer.train` builds, on a slice's devices
 # --------------------------------------------------------------------------------------------------
-def build_step(*, model: T5Config, partition: partitioning.PartitionConfig, optimizer: Any, learning_rate: Any,
-               batch_size: int, input_len: int, target_len: int, num_microbatches: int = 1,
-               z_loss: float = 1e-4, loss_normalizing_factor: Any = None, random_seed: int = 0,
-               devices: Sequence[Any] | None = None) -> Any:
-    """The StepFns `trainer.train` builds from the same arguments (same mesh rule, rules, optimizer,
-    microbatching, loss settings and dropout seed), on `devices` (a TPU slice's topology devices)."""
-    from ext5.train import optimizer as optim
-    from ext5.train import step as step_lib
-    mesh = partitioning.make_mesh(partition.num_partitions, devices)
-    partitioning.check_batch_size(batch_size, mesh, num_microbatches)
-    lr_fn = optim.learning_rate_fn(learning_rate)
-    tx = optimizer(learning_rate=lr_fn)
-    return step_lib.build(model, mesh, partition.rules(), tx, input_len=input_len, target_len=target_len,
-                          num_microbatches=num_microbatches, z_loss=z_loss,
-                          loss_normalizing_factor=loss_normalizing_factor, dropout_seed=random_seed,
-                          learning_rate_fn=lr_fn)

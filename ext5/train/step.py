@@ -6,7 +6,7 @@ microbatching and data parallelism never change what a logged number means.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax
 import jax
@@ -209,6 +209,22 @@ def build(cfg: T5Config, mesh: Mesh, rules: list, tx: optax.GradientTransformati
     return StepFns(model=model, mesh=mesh, rules=rules, state_shardings=state_sh, abstract_state=abstract_state,
                    init=init_fn, train_step=step_fn, batch_sharding=data_sh, step_jit=step_jit,
                    input_len=input_len, target_len=target_len)
+
+
+def build_for_training(*, model: T5Config, partition: partitioning.PartitionConfig, optimizer: Any,
+                       learning_rate: Any, batch_size: int, input_len: int, target_len: int,
+                       num_microbatches: int = 1, z_loss: float = 1e-4, loss_normalizing_factor: Any = None,
+                       random_seed: int = 0, devices: Sequence[Any] | None = None) -> StepFns:
+    """The StepFns `trainer.train` runs, from train()'s own arguments (mesh, rules, optimizer, microbatching,
+    loss settings, dropout seed): the one construction `train` and `ext5 plan` share. `devices` defaults to
+    this host's; `ext5 plan` passes a TPU slice's topology devices."""
+    mesh = partitioning.make_mesh(partition.num_partitions, devices)
+    partitioning.check_batch_size(batch_size, mesh, num_microbatches)
+    lr_fn = optim.learning_rate_fn(learning_rate)
+    tx = optimizer(learning_rate=lr_fn)
+    return build(model, mesh, partition.rules(), tx, input_len=input_len, target_len=target_len,
+                 num_microbatches=num_microbatches, z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor,
+                 dropout_seed=random_seed, learning_rate_fn=lr_fn)
 
 
 def normalise_metrics(summed: Mapping[str, float], num_steps: int) -> dict[str, float]:

@@ -179,18 +179,13 @@ def train(*, model: T5Config, model_dir: str, train_steps: int, batch_size: int 
     # Installed first: a SIGTERM during the restore or the compile also ends in a clean exit.
     with _Preemption(sync_period=log_period) as preemption:
         batch_size = _batch_size(train_dataset, batch_size)
-        mesh = partitioning.make_mesh(partition.num_partitions)
-        partitioning.check_batch_size(batch_size, mesh, num_microbatches)
-        rules = partition.rules()
         is_chief = jax.process_index() == 0
         input_len, target_len = _lengths(train_dataset, batch_source)
-
-        lr_fn = optim.learning_rate_fn(learning_rate)
-        tx = optimizer(learning_rate=lr_fn)
-        fns = step_lib.build(model, mesh, rules, tx, input_len=input_len, target_len=target_len,
-                             num_microbatches=num_microbatches, z_loss=z_loss,
-                             loss_normalizing_factor=loss_normalizing_factor, dropout_seed=random_seed,
-                             learning_rate_fn=lr_fn)
+        fns = step_lib.build_for_training(
+            model=model, partition=partition, optimizer=optimizer, learning_rate=learning_rate,
+            batch_size=batch_size, input_len=input_len, target_len=target_len, num_microbatches=num_microbatches,
+            z_loss=z_loss, loss_normalizing_factor=loss_normalizing_factor, random_seed=random_seed)
+        mesh = fns.mesh
         param_shapes = fns.param_shapes()
         meta = ckpt_lib.model_meta(model, param_shapes,
                                    mixture_or_task_name=getattr(train_dataset, "mixture_or_task_name", None))
